@@ -1,0 +1,46 @@
+"""`tokengate`: one subcommand per pipeline stage. Each lives in pipeline/commands/<name>.py.
+
+User errors (`TokenGateError`) print one line and exit with status 2; nothing else is caught, so a real bug still
+shows its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from pipeline.errors import TokenGateError
+
+COMMANDS = ("train", "export", "build", "validate", "bench", "visualize", "calibrate", "quantize")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokengate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pipeline.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pipeline.commands.{name}":
+                raise
+            continue  # a stage not in this build yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TokenGateError as exc:
+        print(f"tokengate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokengate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

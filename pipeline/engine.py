@@ -1,0 +1,84 @@
+"""`make engine`: the whole chain on one config, with one summary line per stage (done / skipped / failed, and why).
+
+train -> export (plugin, native, capped) -> validate -> build. A stage that cannot run here (no TensorRT, no GPU)
+says so in one line and the chain goes on with what can run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipeline.errors import TokenGateError
+
+
+@dataclass(frozen=True)
+class StageResult:
+    status: str  # done | skipped | failed
+    detail: str
+
+
+class Skip(Exception):
+    """A stage that cannot run on this machine; the message says why and how to enable it."""
+
+
+Stage = Callable[[argparse.Namespace], str]
+
+
+def stage_train(args: argparse.Namespace) -> str:
+    from pipeline.config import load_config
+    from pipeline.report import print_summary
+    from pipeline.train.trainer import train
+
+    summary = train(load_config(args.config, args.overrides), args.run)
+    print_summary(summary)
+    ratios = summary["student_vs_teacher"]
+    return (f"teacher {summary['teacher']['top1']:.2f}% / student {summary['student']['top1']:.2f}% top-1, "
+            f"student GFLOPs {ratios['gflops_ratio']:.1%} and params {ratios['params_ratio']:.1%} of the teacher's")
+
+
+STAGES: list[tuple[str, Stage]] = [("train", stage_train)]
+
+
+def run_stages(args: argparse.Namespace, stages: list[tuple[str, Stage]]) -> dict[str, StageResult]:
+    results: dict[str, StageResult] = {}
+    for name, stage in stages:
+        started = time.time()
+        print(f"\n=== {name} ===", flush=True)
+        try:
+            detail = stage(args)
+            results[name] = StageResult("done", f"{detail} ({time.time() - started:.0f} s)")
+        except Skip as why:
+            results[name] = StageResult("skipped", str(why))
+        except TokenGateError as exc:
+            results[name] = StageResult("failed", str(exc))
+            if name == "train":
+                break  # nothing downstream can run without a trained model
+    return results
+
+
+def print_results(results: dict[str, StageResult]) -> None:
+    print("\n=== make engine: summary ===")
+    for name, result in results.items():
+        print(f"{name:>9}: {result.status}: {result.detail}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/fmnist-tiny.yaml")
+    parser.add_argument("--run", default=None, help="run directory (default runs/<config name>)")
+    parser.add_argument("--target", default="auto", help="GPU target, e.g. sm86; auto = this machine's GPU")
+    parser.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    args.run = args.run or str(Path("runs") / Path(args.config).stem)
+    results = run_stages(args, STAGES)
+    print_results(results)
+    return 1 if any(r.status == "failed" for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

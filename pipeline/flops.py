@@ -1,0 +1,89 @@
+"""Analytic multiply-accumulate count of a (gated, sliced, token-pruned) ViT.
+
+Reported as "GFLOPs" in the ViT papers' convention (DeiT-S = 4.6 G), which counts one multiply-add as one FLOP.
+The same formulas work on Python numbers (reporting) and on tensors (the differentiable budget loss), so the
+number the budget trains against is the number the reports print.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+Number = Union[int, float, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the MAC count depends on; per-layer head counts and MLP widths (0 = sub-block removed)."""
+
+    embed_dim: int
+    in_chans: int
+    patch_area: int  # pixels per patch
+    num_patches: int
+    num_prefix: int
+    num_classes: int
+    num_heads_out: int  # classifier heads (2 for distilled DeiT)
+    head_dim: int
+    heads: tuple[int, ...]
+    mlp_hidden: tuple[int, ...]
+    score_layers: tuple[int, ...] = ()
+
+    @property
+    def depth(self) -> int:
+        return len(self.heads)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix
+
+
+def layer_macs(
+    tokens: Number, dim: int, head_dim: int, heads: Number, mlp_hidden: Number,
+    attn_on: Number = 1, mlp_on: Number = 1, scores: bool = False,
+) -> Number:
+    """MACs of one block over `tokens` tokens: qkv, QK^T, AV, proj, MLP, and the class-row scores if computed."""
+    width = heads * head_dim
+    attention = tokens * dim * 3 * width + 2 * tokens * tokens * width + tokens * width * dim
+    if scores:  # the class row again (q.K^T and A.V) and the head-importance weighting, for the token scores
+        attention = attention + 2 * tokens * width + tokens * heads
+    mlp = 2 * tokens * dim * mlp_hidden
+    return attn_on * attention + mlp_on * mlp
+
+
+def embed_and_head_macs(geom: Geometry) -> int:
+    patch = geom.num_patches * geom.in_chans * geom.patch_area * geom.embed_dim
+    return patch + geom.num_heads_out * geom.embed_dim * geom.num_classes
+
+
+def model_macs(geom: Geometry, tokens_per_layer: Sequence[Number]) -> Number:
+    """MACs for one image given the tokens each layer processes (ints, or per-sample tensors)."""
+    total: Number = embed_and_head_macs(geom)
+    for i, tokens in enumerate(tokens_per_layer):
+        h, m = geom.heads[i], geom.mlp_hidden[i]
+        total = total + layer_macs(tokens, geom.embed_dim, geom.head_dim, h, m,
+                                   attn_on=int(h > 0), mlp_on=int(m > 0), scores=i in geom.score_layers and h > 0)
+    return total
+
+
+def dense_macs(geom: Geometry) -> int:
+    """MACs with every token kept in every layer."""
+    return int(model_macs(geom, [geom.num_tokens] * geom.depth))
+
+
+def tokens_per_layer(num_tokens: int, depth: int, stages: Sequence[int], kept: torch.Tensor) -> list[Number]:
+    """Expand per-stage token counts [B, S] to per-layer counts: layer i sees the latest stage at or before i."""
+    out: list[Number] = []
+    current: Number = num_tokens
+    stage = 0
+    for layer in range(depth):
+        if stage < len(stages) and layer == stages[stage]:
+            current = kept[:, stage]
+            stage += 1
+        out.append(current)
+    return out
+
+
+def gmacs(value: Number) -> float:
+    return float(value) / 1e9

@@ -1,0 +1,268 @@
+"""The token-gated, structurally gated ViT: a thin wrapper that runs a timm VisionTransformer's own parts.
+
+Two forward paths share every layer:
+- `forward_masked` (training): all tokens stay; dropped ones are masked out of attention by a hard mask whose
+  gradient comes from the soft mask (straight-through), and gates multiply their branches.
+- `forward_dropped` (inference): tokens are physically removed through TokenSelect, padded keys are masked, so
+  every sample's logits are independent of its batch.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from pipeline.errors import fail
+from pipeline.flops import Geometry, embed_and_head_macs, layer_macs, tokens_per_layer
+from pipeline.models import token_ops
+from pipeline.models.gates import GroupGates, StaticGates, combine
+from pipeline.models.layers import BlockGates, GatedBlock, remove_attention, remove_mlp, slice_channels, slice_heads
+from pipeline.models.select_op import SELECT_IMPLS, select_tokens
+
+
+def default_stages(depth: int) -> tuple[int, ...]:
+    """Prune before blocks depth/4, depth/2, 3*depth/4 (0-based): 3, 6, 9 for a 12-block model."""
+    stages = sorted({int(depth * k / 4 + 0.5) for k in (1, 2, 3)})
+    return tuple(s for s in stages if 1 <= s < depth)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Per-layer attention head counts and MLP widths; 0 means the sub-block is removed."""
+
+    heads: tuple[int, ...]
+    mlp_hidden: tuple[int, ...]
+
+    @staticmethod
+    def of(vit: VisionTransformer) -> "Structure":
+        return Structure(
+            heads=tuple(0 if b.attn is None else b.attn.num_heads for b in vit.blocks),
+            mlp_hidden=tuple(0 if b.mlp is None else b.mlp.fc1.out_features for b in vit.blocks),
+        )
+
+    def apply(self, vit: VisionTransformer) -> None:
+        """Shrink a freshly built model to this structure (weights are loaded afterwards)."""
+        if len(self.heads) != len(vit.blocks) or len(self.mlp_hidden) != len(vit.blocks):
+            raise fail(f"the checkpoint's structure has {len(self.heads)} layers but the model has {len(vit.blocks)}",
+                       "load the checkpoint with the config it was trained with (its run's config.json)")
+        for block, heads, hidden in zip(vit.blocks, self.heads, self.mlp_hidden):
+            if block.attn is not None and heads > block.attn.num_heads or block.mlp is not None and hidden > block.mlp.fc1.out_features:
+                raise fail("the checkpoint's structure is wider than the model",
+                           "load the checkpoint with the config it was trained with (its run's config.json)")
+            if heads == 0:
+                remove_attention(block)
+            elif block.attn is not None and heads < block.attn.num_heads:
+                slice_heads(block.attn, torch.arange(heads))
+            if hidden == 0:
+                remove_mlp(block)
+            elif block.mlp is not None and hidden < block.mlp.fc1.out_features:
+                slice_channels(block.mlp, torch.arange(hidden))
+
+    def to_dict(self) -> dict:
+        return {"heads": list(self.heads), "mlp_hidden": list(self.mlp_hidden)}
+
+    @staticmethod
+    def from_dict(data: dict) -> "Structure":
+        return Structure(tuple(int(h) for h in data["heads"]), tuple(int(m) for m in data["mlp_hidden"]))
+
+
+class MaskedStats(NamedTuple):
+    """What the budget loss needs from a training forward."""
+
+    tokens: torch.Tensor  # [B, S] straight-through token counts (prefix included) after each stage
+    gates: list[BlockGates]  # per layer, straight-through values
+
+
+class GatedViT(nn.Module):
+    """A timm VisionTransformer plus learnable token thresholds and optional structural gates."""
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        stages: Sequence[int] = (),
+        min_keep: int = 1,
+        tau: float = 0.1,
+        init_threshold: float = 0.5,
+        static_gates: bool = False,
+        static_init: float = 2.0,
+        dynamic: str = "none",
+    ):
+        super().__init__()
+        depth = len(vit.blocks)
+        stages = tuple(int(s) for s in stages)
+        if any(not 1 <= s < depth for s in stages) or list(stages) != sorted(set(stages)):
+            raise fail(f"token stages {list(stages)} must be increasing block indices in [1, {depth - 1}]",
+                       f"set gates.token_stages, e.g. {list(default_stages(depth))}, or leave it null")
+        num_patches = vit.patch_embed.num_patches
+        if not 1 <= min_keep <= num_patches:
+            raise fail(f"gates.min_keep={min_keep} is outside [1, {num_patches}] patch tokens", "use gates.min_keep=1")
+        self.vit = vit
+        self.stages = stages
+        self.min_keep = min_keep
+        self.tau = tau
+        self.thresholds = nn.Parameter(torch.full((len(stages),), float(init_threshold)))
+        structure = Structure.of(vit)
+        self.static_gates = (
+            StaticGates(structure.heads, structure.mlp_hidden, self.score_layers, static_init) if static_gates else None
+        )
+        self.group_gates = GroupGates(vit.embed_dim, structure.heads, self.score_layers) if dynamic == "group" else None
+        self.select_impl = "op"  # how forward_dropped drops tokens: see select_op.SELECT_IMPLS
+        self.caps: Optional[tuple[int, ...]] = None  # per-stage K for the capped flavor
+
+    # ---- description ---------------------------------------------------------------------------------------
+    @property
+    def num_prefix(self) -> int:
+        return self.vit.num_prefix_tokens
+
+    @property
+    def score_layers(self) -> tuple[int, ...]:
+        """Blocks whose class attention scores the tokens of the following stage."""
+        return tuple(s - 1 for s in self.stages)
+
+    def structure(self) -> Structure:
+        return Structure.of(self.vit)
+
+    def geometry(self) -> Geometry:
+        vit, s = self.vit, self.structure()
+        head_dim = next((b.attn.head_dim for b in vit.blocks if b.attn is not None), vit.embed_dim)
+        return Geometry(
+            embed_dim=vit.embed_dim, in_chans=vit.patch_embed.proj.in_channels,
+            patch_area=vit.patch_embed.patch_size[0] * vit.patch_embed.patch_size[1],
+            num_patches=vit.patch_embed.num_patches, num_prefix=self.num_prefix, num_classes=vit.num_classes,
+            num_heads_out=2 if getattr(vit, "head_dist", None) is not None else 1, head_dim=head_dim,
+            heads=s.heads, mlp_hidden=s.mlp_hidden, score_layers=self.score_layers,
+        )
+
+    def set_select(self, impl: str, caps: Optional[Sequence[int]] = None) -> "GatedViT":
+        """Choose how inference drops tokens: the custom op, standard ops, or standard ops with a static K."""
+        if impl not in SELECT_IMPLS:
+            raise fail(f"unknown selection {impl!r}", f"use one of {list(SELECT_IMPLS)}")
+        if impl == "capped" and (caps is None or len(caps) != len(self.stages)):
+            raise fail("the capped selection needs one K per stage", "pass caps=[K1, K2, ...]")
+        self.select_impl, self.caps = impl, None if caps is None else tuple(int(c) for c in caps)
+        return self
+
+    # ---- shared pieces -------------------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.vit.norm(x))
+
+    def block_gates(self, layer: int, cls_tokens: torch.Tensor, group_ids: Optional[torch.Tensor]) -> BlockGates:
+        gates = BlockGates()
+        if self.static_gates is not None:
+            if self.training:
+                gates = self.static_gates.layer(layer)
+            else:
+                heads, channels, attn, mlp = self.static_gates.hard(layer)
+                gates = BlockGates(*(g.to(cls_tokens.dtype) for g in (heads, channels, attn, mlp)))
+        if self.group_gates is not None:
+            gates = combine(gates, self.group_gates.layer(layer, cls_tokens, group_ids if self.training else None))
+        return gates
+
+    # ---- forwards ------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_masked(images)[0] if self.training else self.forward_dropped(images)[0]
+
+    def forward_masked(self, images: torch.Tensor, group_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MaskedStats]:
+        """All tokens stay in the tensors; dropped ones are masked. Gradients reach thresholds and gates."""
+        x = self.embed(images)
+        batch, num_tokens, _ = x.shape
+        prefix = x.new_ones(batch, self.num_prefix)
+        valid: Optional[torch.Tensor] = None
+        value_gate: Optional[torch.Tensor] = None
+        scores: Optional[torch.Tensor] = None
+        counts, layer_gates = [], []
+        for i, block in enumerate(self.vit.blocks):
+            if i in self.stages:
+                s = self.stages.index(i)
+                hard = token_ops.keep_mask(scores, self.thresholds[s], self.min_keep)
+                soft = token_ops.soft_keep(scores, self.thresholds[s], self.tau)
+                patch_gate = token_ops.straight_through(hard, soft)
+                if value_gate is not None:
+                    patch_gate = patch_gate * value_gate[:, self.num_prefix:]
+                value_gate = torch.cat([prefix, patch_gate], dim=1)
+                valid = torch.cat([prefix.bool(), hard], dim=1)
+                counts.append(value_gate.sum(dim=1))
+            gates = self.block_gates(i, x[:, 0], group_ids)
+            layer_gates.append(gates)
+            x, scores = block.forward_gated(x, valid, value_gate if self.training else None, gates, self.num_prefix,
+                                            want_scores=i in self.score_layers)
+        tokens = torch.stack(counts, dim=1) if counts else x.new_zeros(batch, 0)
+        return self.head(x), MaskedStats(tokens=tokens, gates=layer_gates)
+
+    def forward_dropped(self, images: torch.Tensor, record_gates: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens are physically dropped. Returns logits and lengths [B, S] (int32: tokens kept after each stage).
+
+        `record_gates`, if given, receives each layer's gate values (for the cost of dynamic gates).
+        """
+        x = self.embed(images)
+        valid: Optional[torch.Tensor] = None
+        scores: Optional[torch.Tensor] = None
+        kept = []
+        for i, block in enumerate(self.vit.blocks):
+            if i in self.stages:
+                s = self.stages.index(i)
+                cap = None if self.caps is None else self.caps[s]
+                x, lengths = select_tokens(x, scores, self.thresholds[s], self.num_prefix, self.min_keep,
+                                           self.select_impl, cap)
+                valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
+                kept.append(lengths)
+            gates = self.block_gates(i, x[:, 0], None)
+            if record_gates is not None:
+                record_gates.append(gates)
+            x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, want_scores=i in self.score_layers)
+        lengths = torch.stack(kept, dim=1) if kept else torch.zeros(x.shape[0], 0, dtype=torch.int32, device=x.device)
+        return self.head(x), lengths
+
+    # ---- cost ----------------------------------------------------------------------------------------------
+    def macs(self, tokens: torch.Tensor, gates: Optional[Sequence[BlockGates]] = None) -> torch.Tensor:
+        """Per-sample MACs from token counts [B, S] and (optionally straight-through) gate values."""
+        geom = self.geometry()
+        per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, tokens)
+        total: torch.Tensor | int = embed_and_head_macs(geom)
+        for i, n in enumerate(per_layer):
+            g = gates[i] if gates is not None else BlockGates()
+            heads = geom.heads[i] if g.heads is None else g.heads.sum(dim=-1)
+            hidden = geom.mlp_hidden[i] if g.channels is None else g.channels.sum(dim=-1)
+            attn_on = int(geom.heads[i] > 0) if g.attn is None else g.attn
+            mlp_on = int(geom.mlp_hidden[i] > 0) if g.mlp is None else g.mlp
+            total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on,
+                                       scores=i in geom.score_layers and geom.heads[i] > 0)
+        return torch.as_tensor(total, dtype=torch.float32).expand(tokens.shape[0]) if not torch.is_tensor(total) else total
+
+    # ---- slicing -------------------------------------------------------------------------------------------
+    def sliced(self) -> "GatedViT":
+        """A copy with closed heads, channels and sub-blocks physically removed, and no static gates."""
+        if self.static_gates is None:
+            return copy.deepcopy(self)
+        model = copy.deepcopy(self)
+        gates = model.static_gates
+        for i, block in enumerate(model.vit.blocks):
+            heads, channels, attn, mlp = (t.cpu() for t in gates.hard(i))
+            if not bool(attn):
+                remove_attention(block)
+            elif not bool(heads.all()):
+                slice_heads(block.attn, heads.nonzero().flatten())
+            if not bool(mlp):
+                remove_mlp(block)
+            elif not bool(channels.all()):
+                slice_channels(block.mlp, channels.nonzero().flatten())
+            if model.group_gates is not None and bool(attn):
+                _slice_router(model.group_gates.routers[i], heads)
+        model.static_gates = None
+        return model
+
+
+def _slice_router(router: nn.Linear, heads: torch.Tensor) -> None:
+    rows = torch.cat([torch.tensor([0, 1]), 2 + heads.nonzero().flatten()])
+    with torch.no_grad():
+        weight, bias = router.weight[rows].clone(), router.bias[rows].clone()
+    router.weight, router.bias = nn.Parameter(weight), nn.Parameter(bias)
+    router.out_features = len(rows)

@@ -1,0 +1,148 @@
+"""timm layer subclasses injected through timm's own hooks (`block_fn`, `attn_layer`, `mlp_layer`).
+
+They add no parameters and keep timm's own `forward`, so a pretrained timm state_dict loads unchanged and the
+timm model still runs as itself. `forward_gated` takes the per-sample token validity and the gate values
+explicitly, so nothing is stored between calls and export stays pure.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention, Mlp
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from pipeline.models import token_ops
+
+
+class BlockGates(NamedTuple):
+    """Gate values for one block; None = open. Scalars or [B] / [B, H] tensors (hard values, STE gradients)."""
+
+    heads: Optional[torch.Tensor] = None  # [H] or [B, H]
+    channels: Optional[torch.Tensor] = None  # [M]
+    attn: Optional[torch.Tensor] = None  # [] or [B]
+    mlp: Optional[torch.Tensor] = None  # [] or [B]
+
+
+class GatedAttention(Attention):
+    """timm Attention that masks invalid keys, gates heads, and can return class-attention token scores."""
+
+    def forward_gated(
+        self,
+        x: torch.Tensor,
+        key_valid: Optional[torch.Tensor] = None,
+        value_gate: Optional[torch.Tensor] = None,
+        head_gate: Optional[torch.Tensor] = None,
+        num_prefix: int = 1,
+        want_scores: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Returns the attention output and, if asked, the [B, N - P] token scores from the class row."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
+            v = v * value_gate[:, None, :, None]
+        out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
+        scores = None
+        if want_scores:
+            attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale, key_valid)
+            gate = None if head_gate is None else head_gate.detach()
+            weights = token_ops.head_importance(head_out, gate)
+            scores = token_ops.token_scores(attn, weights, num_prefix, key_valid)
+        if head_gate is not None and head_gate.dim() == 2:  # per-sample (group) gates cannot fold into weights
+            out = out * head_gate[:, :, None, None]
+            head_gate = None
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(_gated_linear(self.proj, out, head_gate, group=self.head_dim)), scores
+
+
+class GatedMlp(Mlp):
+    """timm Mlp whose hidden channels can be gated."""
+
+    def forward_gated(self, x: torch.Tensor, channel_gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.norm(self.drop1(self.act(self.fc1(x))))
+        return self.drop2(_gated_linear(self.fc2, h, channel_gate, group=1))
+
+
+class GatedBlock(Block):
+    """timm pre-norm Block whose sub-blocks can be gated or removed (set to None by slicing)."""
+
+    def forward_gated(
+        self,
+        x: torch.Tensor,
+        key_valid: Optional[torch.Tensor] = None,
+        value_gate: Optional[torch.Tensor] = None,
+        gates: BlockGates = BlockGates(),
+        num_prefix: int = 1,
+        want_scores: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        scores = None
+        if self.attn is not None and not self._skipped(gates.attn):
+            a, scores = self.attn.forward_gated(self.norm1(x), key_valid, value_gate, gates.heads, num_prefix, want_scores)
+            x = x + self.drop_path1(_scale(self.ls1(a), gates.attn))
+        if self.mlp is not None and not self._skipped(gates.mlp):
+            x = x + self.drop_path2(_scale(self.ls2(self.mlp.forward_gated(self.norm2(x), gates.channels)), gates.mlp))
+        return x, scores
+
+    def _skipped(self, gate: Optional[torch.Tensor]) -> bool:
+        """At inference a closed gate skips its sub-block's compute; in training it must run for the gradient."""
+        return not self.training and gate is not None and bool((gate == 0).all())
+
+
+def _gated_linear(layer: nn.Linear, x: torch.Tensor, gate: Optional[torch.Tensor], group: int) -> torch.Tensor:
+    """layer(x * gate), with the gate folded into the weight's input columns: a [C, M] product, not [B, N, M]."""
+    if gate is None:
+        return layer(x)
+    return F.linear(x, layer.weight * gate.repeat_interleave(group)[None, :], layer.bias)
+
+
+def _scale(branch: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    if gate is None:
+        return branch
+    return branch * (gate if gate.dim() == 0 else gate[:, None, None])
+
+
+def remove_attention(block: GatedBlock) -> None:
+    """Drop a block's attention sub-block entirely (all its heads were closed)."""
+    block.norm1 = block.attn = block.ls1 = None  # type: ignore[assignment]
+
+
+def remove_mlp(block: GatedBlock) -> None:
+    """Drop a block's MLP sub-block entirely (all its channels were closed)."""
+    block.norm2 = block.mlp = block.ls2 = None  # type: ignore[assignment]
+
+
+def slice_heads(attn: GatedAttention, keep: torch.Tensor) -> None:
+    """Keep only the heads in `keep` (sorted indices): rows of qkv, columns of proj."""
+    d = attn.head_dim
+    rows = (keep[:, None] * d + torch.arange(d)).reshape(-1)
+    qkv_rows = torch.cat([rows + i * attn.attn_dim for i in range(3)])
+    attn.qkv = _slice_linear(attn.qkv, out_idx=qkv_rows)
+    attn.proj = _slice_linear(attn.proj, in_idx=rows)
+    attn.num_heads = int(keep.numel())
+    attn.attn_dim = attn.num_heads * d
+
+
+def slice_channels(mlp: GatedMlp, keep: torch.Tensor) -> None:
+    """Keep only the hidden channels in `keep`: rows of fc1, columns of fc2."""
+    mlp.fc1 = _slice_linear(mlp.fc1, out_idx=keep)
+    mlp.fc2 = _slice_linear(mlp.fc2, in_idx=keep)
+
+
+def _slice_linear(layer: nn.Linear, out_idx: Optional[torch.Tensor] = None, in_idx: Optional[torch.Tensor] = None) -> nn.Linear:
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
+    if out_idx is not None:
+        weight = weight[out_idx]
+        bias = None if bias is None else bias[out_idx]
+    if in_idx is not None:
+        weight = weight[:, in_idx]
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new

@@ -1,0 +1,158 @@
+"""Token-pruning algorithms as pure tensor functions (no modules, no state).
+
+These are the reference semantics of DESIGN.md §3. The timm glue (`layers.py`, `gated_vit.py`), the ONNX Runtime
+op (`pipeline/ops`) and the CUDA kernels (`plugins/`) are all checked against the functions here.
+
+Conventions: `x` is [B, N, C] with the first P = num_prefix tokens being class/distillation/register tokens, and
+`scores` is [B, N - P] for the patch tokens. Padded (already dropped) positions carry a score of -inf.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-12
+
+
+def class_attention(
+    q_cls: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the class token over all keys, and each head's class-token output.
+
+    Args:
+        q_cls: [B, H, d] queries of the class token.
+        k, v: [B, H, N, d] keys and values.
+        key_valid: [B, N] bool, False for keys that are padding or dropped; None if all are valid.
+    Returns:
+        attn [B, H, N] (rows sum to 1 over valid keys) and head_out [B, H, d].
+    """
+    logits = torch.einsum("bhd,bhnd->bhn", q_cls * scale, k)
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
+    attn = logits.softmax(dim=-1)
+    return attn, torch.einsum("bhn,bhnd->bhd", attn, v)
+
+
+def head_importance(head_out: torch.Tensor, head_gate: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head weights: the norm of each head's class-token output, normalised to sum to 1 across heads.
+
+    `head_gate` ([H] or [B, H]) zeroes closed heads, so a pruned head never votes on which tokens survive.
+    """
+    importance = head_out.norm(dim=-1)
+    if head_gate is not None:
+        importance = importance * head_gate
+    return importance / importance.sum(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def token_scores(attn: torch.Tensor, weights: torch.Tensor, num_prefix: int, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """Head-importance-weighted class attention of each patch token, relative to a uniform share.
+
+    A score of 1.0 means the token gets exactly the mean attention of the sample's valid patch tokens, so one
+    threshold means the same thing at every stage and image size. Invalid (padded/dropped) positions get -inf.
+
+    Args:
+        attn: [B, H, N] class attention.  weights: [B, H] head weights summing to 1.
+    Returns:
+        [B, N - P] scores.
+    """
+    raw = torch.einsum("bhn,bh->bn", attn, weights)[:, num_prefix:]
+    if key_valid is None:
+        count = torch.full_like(raw[:, :1], raw.shape[1])
+        valid = None
+    else:
+        valid = key_valid[:, num_prefix:]
+        count = valid.sum(dim=1, keepdim=True).to(raw.dtype)
+        raw = raw.masked_fill(~valid, 0.0)
+    rel = raw * count / raw.sum(dim=1, keepdim=True).clamp_min(_EPS)
+    return rel if valid is None else rel.masked_fill(~valid, float("-inf"))
+
+
+def top_rank_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """True for each row's `count` highest scores; ties go to the lower index, NaN ranks lowest."""
+    ranked = torch.nan_to_num(scores, nan=float("-inf"))
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :count]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+
+
+def keep_mask(scores: torch.Tensor, threshold: torch.Tensor | float, min_keep: int) -> torch.Tensor:
+    """The kept patch tokens: score > threshold, topped up to `min_keep` by rank (DESIGN.md §3)."""
+    keep = scores > threshold
+    if min_keep > 0:
+        keep = keep | top_rank_mask(scores, min(min_keep, scores.shape[1]))
+    return keep
+
+
+def soft_keep(scores: torch.Tensor, threshold: torch.Tensor, tau: float) -> torch.Tensor:
+    """sigmoid((score - threshold) / tau): the differentiable stand-in for `keep_mask` in training."""
+    return torch.sigmoid((scores - threshold) / tau)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Forward value of `hard`, gradient of `soft`."""
+    return hard.to(soft.dtype) + soft - soft.detach()
+
+
+def token_select_reference(
+    x: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor | float, num_prefix: int, min_keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tokengate::TokenSelect` v1, the reference.
+
+    Returns y [B, K, C] (prefix tokens, then kept patch tokens in original order, then zero rows) and
+    lengths [B] int32 (P + kept patches), with K = max(lengths): a data-dependent size.
+    """
+    keep = keep_mask(scores, threshold, min_keep)
+    counts = keep.sum(dim=1)
+    k_patch = int(counts.max()) if counts.numel() else 0
+    return compact_kept(x, keep, counts, num_prefix, k_patch)
+
+
+def token_select_capped(
+    x: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor | float, num_prefix: int, min_keep: int,
+    cap: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TokenSelect with a static output size P + cap, in ops that every runtime builds (TopK with constant k).
+
+    Equals `token_select_reference` (up to extra zero rows) whenever a sample keeps at most `cap` patches;
+    a sample above the cap keeps its `cap` highest-scoring patches.
+    """
+    num_patches = scores.shape[1]
+    cap = min(cap, num_patches)
+    keep = keep_mask(scores, threshold, min_keep)
+    candidate = torch.where(keep, scores, torch.full_like(scores, float("-inf")))
+    top = torch.topk(candidate, cap, dim=1).indices  # the cap best kept patches (and non-kept filler)
+    top_kept = torch.gather(keep, 1, top)
+    # Restore original order with the kept ones first: rank key = index, or index + N for filler.
+    sort_key = torch.where(top_kept, top, top + num_patches)
+    order = torch.topk(sort_key, cap, dim=1, largest=False).indices
+    idx = torch.gather(top, 1, order)
+    counts = top_kept.sum(dim=1)
+    valid = torch.arange(cap, device=x.device)[None, :] < counts[:, None]
+    patches = torch.gather(x[:, num_prefix:], 1, idx[..., None].expand(-1, -1, x.shape[2]))
+    patches = torch.where(valid[..., None], patches, torch.zeros_like(patches))
+    y = torch.cat([x[:, :num_prefix], patches], dim=1)
+    return y, (counts + num_prefix).to(torch.int32)
+
+
+def compact_kept(
+    x: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, num_prefix: int, k_patch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable compaction of kept patch rows to the front, padded with zero rows to `k_patch`."""
+    # Sorting the "dropped" flag stably puts kept indices first, in their original order.
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_patch]
+    patches = torch.gather(x[:, num_prefix:], 1, order[..., None].expand(-1, -1, x.shape[2]))
+    valid = torch.arange(k_patch, device=x.device)[None, :] < counts[:, None]
+    patches = torch.where(valid[..., None], patches, torch.zeros_like(patches))
+    y = torch.cat([x[:, :num_prefix], patches], dim=1)
+    return y, (counts + num_prefix).to(torch.int32)
+
+
+def key_valid_from_lengths(lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """[B, K] bool: True for the first lengths[b] tokens of each sample."""
+    return torch.arange(num_tokens, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """SDPA with padded/dropped keys masked by a boolean mask, so the fused kernel stays in use."""
+    mask = None if key_valid is None else key_valid[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -1,0 +1,285 @@
+"""`tokengate train`: dense teacher, then the student in two stages (search + slice, fine-tune), then a summary.
+
+Each phase checkpoints after every epoch; re-running the same command on the same --out resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.artifacts import read_json, update_summary, write_json
+from pipeline.config import Config, PhaseConfig, config_from_dict
+from pipeline.data import Dataset, Split, load_dataset, stratified_indices
+from pipeline.errors import fail
+from pipeline.evaluate import EvalResult, evaluate
+from pipeline.flops import dense_macs
+from pipeline.models import GatedViT, build_student, build_teacher, load_student, load_teacher, save_student, save_teacher
+from pipeline.models.build import STUDENT_FILE, TEACHER_FILE
+from pipeline.models.factory import check_architecture
+from pipeline.models.gates import group_ids_for, split_sizes
+from pipeline.train import losses
+from pipeline.train.distributed import Runtime, all_reduce_mean, barrier, init_runtime, shutdown
+from pipeline.train.resume import load_phase, save_phase
+
+SLICED_FILE = "ckpt/sliced.safetensors"
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Phase:
+    """One optimisation phase: what to optimise, at which rates, and the loss of one batch."""
+
+    name: str
+    model: GatedViT
+    settings: PhaseConfig
+    groups: list[dict]
+    step: StepFn
+
+
+def train(cfg: Config, out: str | Path) -> dict:
+    """Run (or resume) every phase and return summary.json's content."""
+    out = Path(out)
+    runtime = init_runtime(cfg.train.threads)
+    try:
+        dataset = load_dataset(cfg.data, cfg.model)  # bad data or models fail before the run dir is touched
+        check_architecture(cfg.model)
+        prepare_run_dir(cfg, out, runtime)
+        log = JsonLog(out / "train_log.jsonl", enabled=runtime.is_main)
+        teacher = train_teacher(cfg, dataset, out, runtime, log)
+        student = train_student(cfg, teacher, dataset, out, runtime, log)
+        return summarise(cfg, teacher, student, dataset, out, runtime)
+    finally:
+        shutdown()
+
+
+def prepare_run_dir(cfg: Config, out: Path, runtime: Runtime) -> None:
+    """Refuse to mix two configs in one run directory; otherwise record the config (resuming is automatic)."""
+    existing = out / "config.json"
+    if existing.is_file():
+        try:
+            old = config_from_dict(read_json(existing)).to_dict()
+        except (json.JSONDecodeError, Exception) as exc:  # an unreadable or outdated config.json is not ours to reuse
+            raise fail(f"{existing} cannot be read ({exc})", f"pass a new --out, or delete {out} to start over") from None
+        if old != cfg.to_dict():
+            keys = _diff_keys(old, cfg.to_dict())
+            raise fail(f"{out} holds a run with a different config (differs at: {', '.join(keys[:4])})",
+                       f"pass a new --out, or delete {out} to start over")
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(existing, cfg.to_dict())
+    barrier()
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            keys += _diff_keys(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            keys.append(prefix + key)
+    return keys
+
+
+# ---- phases ------------------------------------------------------------------------------------------------
+def train_teacher(cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, log: "JsonLog") -> GatedViT:
+    if (out / TEACHER_FILE).is_file():
+        return load_teacher(out, cfg).to(runtime.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_teacher(cfg).to(runtime.device)
+
+    def step(images, labels, _generator):
+        logits, _ = model.forward_masked(images)
+        ce = F.cross_entropy(logits, labels, label_smoothing=cfg.train.label_smoothing)
+        return ce, {"ce": ce}
+
+    groups = [{"params": _decayed(model), "weight_decay": cfg.train.teacher.weight_decay},
+              {"params": _not_decayed(model), "weight_decay": 0.0}]
+    run_phase(Phase("teacher", model, cfg.train.teacher, groups, step), cfg, dataset, out, runtime, log)
+    if runtime.is_main:
+        save_teacher(model, out / TEACHER_FILE, cfg)
+    barrier()
+    return model.eval()
+
+
+def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, runtime: Runtime,
+                  log: "JsonLog") -> GatedViT:
+    """Stage 1 searches static gates (with token gates) under the budget and slices; stage 2 fine-tunes."""
+    if (out / STUDENT_FILE).is_file():
+        return load_student(out, cfg).to(runtime.device)
+    reference = float(dense_macs(teacher.geometry()))
+    torch.manual_seed(cfg.train.seed + 1)
+    if cfg.gates.static:
+        if not (out / SLICED_FILE).is_file():
+            model = build_student(cfg, weights_from=teacher).to(runtime.device)
+            run_phase(_student_phase("search", model, teacher, cfg, reference), cfg, dataset, out, runtime, log)
+            if runtime.is_main:
+                save_student(model.sliced(), out / SLICED_FILE, cfg)
+            barrier()
+        student = load_student(out, cfg, filename=SLICED_FILE).train()
+    else:
+        student = build_student(cfg, weights_from=teacher, static_gates=False)
+    student = student.to(runtime.device)
+    run_phase(_student_phase("finetune", student, teacher, cfg, reference), cfg, dataset, out, runtime, log)
+    if runtime.is_main:
+        save_student(student, out / STUDENT_FILE, cfg)
+    barrier()
+    return student.eval()
+
+
+def _student_phase(name: str, model: GatedViT, teacher: GatedViT, cfg: Config, reference: float) -> Phase:
+    settings = cfg.train.search if name == "search" else cfg.train.finetune
+
+    def step(images, labels, generator):
+        group_ids = None
+        if model.group_gates is not None:
+            group_ids = group_ids_for(split_sizes(len(labels), cfg.gates.subgroup_split, generator), generator)
+            group_ids = group_ids.to(images.device)
+        logits, stats = model.forward_masked(images, group_ids)
+        with torch.no_grad():
+            teacher_logits = teacher.forward_dropped(images)[0]
+        macs = model.macs(stats.tokens, stats.gates)
+        ce = F.cross_entropy(logits, labels, label_smoothing=cfg.train.label_smoothing)
+        kd = losses.distillation(logits, teacher_logits, cfg.train.kd_temperature)
+        cost = losses.budget(macs, reference, cfg.budget.target)
+        loss = ce + cfg.train.kd_weight * kd + cfg.budget.weight * cost
+        return loss, {"ce": ce, "kd": kd, "budget": cost, "flops_ratio": macs.mean() / reference}
+
+    gates = [p for n, p in model.named_parameters() if n.startswith(("static_gates.", "group_gates."))]
+    groups = [
+        {"params": _decayed(model), "weight_decay": settings.weight_decay},
+        {"params": _not_decayed(model), "weight_decay": 0.0},
+        {"params": [model.thresholds], "weight_decay": 0.0, "lr": cfg.train.threshold_lr},
+        {"params": gates, "weight_decay": 0.0, "lr": cfg.train.gate_lr},
+    ]
+    return Phase(name, model, settings, [g for g in groups if g["params"]], step)
+
+
+def _decayed(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if n.startswith("vit.") and p.ndim >= 2 and "pos_embed" not in n]
+
+
+def _not_decayed(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if n.startswith("vit.") and (p.ndim < 2 or "pos_embed" in n)]
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+def run_phase(phase: Phase, cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, log: "JsonLog") -> None:
+    """Train `phase` for its epochs, resuming from its checkpoint; every epoch ends with a checkpoint."""
+    settings, model = phase.settings, phase.model
+    for group in phase.groups:
+        group.setdefault("lr", settings.lr)
+        group["base_lr"] = group["lr"]
+    optimizer = torch.optim.AdamW(phase.groups, lr=settings.lr, betas=(0.9, 0.999))
+    start = 0
+    saved = load_phase(out, phase.name)
+    if saved is not None:
+        header, model_state, opt_state = saved
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        start = int(header["epoch"])
+        if start < settings.epochs:
+            log.write({"phase": phase.name, "event": "resumed", "epoch": start})
+    if start >= settings.epochs:
+        return
+    wrapped = _TrainForward(model, phase.step)
+    if runtime.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, find_unused_parameters=True)
+    steps_per_epoch = max(1, len(dataset.train) // (settings.batch_size * runtime.world))
+    total_steps = steps_per_epoch * settings.epochs
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    for epoch in range(start, settings.epochs):
+        model.train()
+        generator.manual_seed(cfg.train.seed * 7919 + epoch)
+        batches = dataset.batches(dataset.train, settings.batch_size, shuffle=True, seed=cfg.train.seed, epoch=epoch,
+                                  rank=runtime.rank, world=runtime.world, drop_last=True)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{phase.name} {epoch + 1}/{settings.epochs}",
+                   disable=not runtime.is_main, dynamic_ncols=True)
+        started = time.time()
+        for step_in_epoch, (images, labels) in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step_in_epoch
+            _set_lr(optimizer, global_step, total_steps, settings.warmup_steps)
+            loss, metrics = wrapped(images.to(runtime.device), labels.to(runtime.device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step_in_epoch % 20 == 0 or step_in_epoch == steps_per_epoch - 1:
+                values = {k: float(all_reduce_mean(v.detach())) for k, v in {"loss": loss, **metrics}.items()}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+                log.write({"phase": phase.name, "epoch": epoch, "step": global_step, **values,
+                           "thresholds": [round(float(t), 4) for t in model.thresholds.detach()]})
+        result = evaluate(model, dataset, _monitor_split(dataset), cfg.train.eval_batch_size, runtime.device,
+                          progress=runtime.is_main, desc=f"{phase.name} val") if runtime.is_main else None
+        if runtime.is_main:
+            log.write({"phase": phase.name, "event": "epoch_end", "epoch": epoch + 1, "seconds": time.time() - started,
+                       "monitor_top1": result.top1, "monitor_gflops": result.gflops, "mean_kept": result.mean_kept})
+            save_phase(out, phase.name, model, optimizer, epoch + 1)
+        barrier()
+
+
+def _monitor_split(dataset: Dataset, size: int = 2000) -> Split:
+    """A fixed stratified slice of the validation split for per-epoch monitoring; summaries use all of it."""
+    return dataset.val.subset(stratified_indices(dataset.val.labels, size, seed=0))
+
+
+class _TrainForward(nn.Module):
+    """Routes the training step through `forward`, so DDP sees (and syncs) every parameter it touches."""
+
+    def __init__(self, model: GatedViT, step: StepFn):
+        super().__init__()
+        self.model = model
+        self.step = step
+
+    def forward(self, images, labels, generator):
+        return self.step(images, labels, generator)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, warmup: int) -> None:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        factor = (step + 1) / warmup
+    else:
+        factor = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+# ---- summary -----------------------------------------------------------------------------------------------
+def summarise(cfg: Config, teacher: GatedViT, student: GatedViT, dataset: Dataset, out: Path,
+              runtime: Runtime) -> dict:
+    """Measure teacher and student on the validation split (student in hard-drop mode) and write summary.json."""
+    if not runtime.is_main:
+        return {}
+    results = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        result = evaluate(model, dataset, dataset.val, cfg.train.eval_batch_size, runtime.device, desc=f"{name} val")
+        results[name] = result
+        update_summary(out, name, {"top1": result.top1, "gflops": result.gflops, "params": result.params,
+                                   "mean_kept_tokens": result.mean_kept})
+    ratios = compare(results["teacher"], results["student"])
+    return update_summary(out, "student_vs_teacher", ratios)
+
+
+def compare(teacher: EvalResult, student: EvalResult) -> dict:
+    return {"gflops_ratio": student.gflops / teacher.gflops, "params_ratio": student.params / teacher.params,
+            "top1_drop": teacher.top1 - student.top1}
+
+
+class JsonLog:
+    """Append-only JSON-lines training log (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")

@@ -1,0 +1,68 @@
+"""Shared fixtures: a synthetic Fashion-MNIST-format dataset and tiny configs that train in seconds."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Config, config_from_dict
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an idx file (gzipped): the Fashion-MNIST on-disk format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 images whose class is a bright 8x8 square at one of 10 places, on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(count, 28, 28))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        images[i, 2 + row * 8: 10 + row * 8, 2 + col * 6: 10 + col * 6] = rng.integers(180, 255)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist")
+    for prefix, count, seed in (("train", 512, 1), ("t10k", 200, 2)):
+        images, labels = synthetic_images(count, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def tiny_config(root: Path, **sections) -> Config:
+    """A 4-block ViT on 28x28 inputs with 16 patches; one short epoch per phase."""
+    data = {
+        "name": "tiny",
+        "data": {"root": str(root)},
+        "model": {"arch": "vit_tiny_patch16_224", "img_size": 28, "in_chans": 1, "num_classes": 10,
+                  "patch_size": 7, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0},
+        "gates": {"token_stages": [2, 3], "init_threshold": 0.8, "static_init": 0.3},
+        "budget": {"target": 0.6},
+        "train": {"teacher": {"epochs": 3, "batch_size": 32, "warmup_steps": 5, "lr": 0.003},
+                  "search": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+                  "finetune": {"epochs": 1, "batch_size": 64, "warmup_steps": 2},
+                  "eval_batch_size": 64, "threads": 2},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data)
