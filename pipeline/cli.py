@@ -33,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except TokenGateError as exc:
         print(f"tokengate {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -66,3 +66,35 @@ def tiny_config(root: Path, **sections) -> Config:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return config_from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, fmnist_root):
+    """A trained tiny run directory (teacher, sliced student, summary), shared by every test that needs one."""
+    from pipeline.train import trainer
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(fmnist_root)
+    trainer.train(cfg, out)
+    return cfg, out
+
+
+def make_run(out: Path, cfg: Config, sharpen: float = 4.0) -> Path:
+    """A run directory with untrained weights (no training): enough for export / validate / bench tests.
+
+    Scaling the q/k weights spreads the random attention, so the token stages really drop tokens.
+    """
+    from pipeline.artifacts import write_json
+    from pipeline.models import build_student, build_teacher, save_student, save_teacher
+
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg)
+    student = build_student(cfg, weights_from=teacher, static_gates=False)
+    with torch.no_grad():
+        for block in student.vit.blocks:
+            block.attn.qkv.weight[: 2 * block.attn.attn_dim] *= sharpen
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.to_dict())
+    save_teacher(teacher, out / "teacher.safetensors", cfg)
+    save_student(student, out / "student.safetensors", cfg)
+    return out

@@ -1,1 +1,1 @@
-"""One module per CLI subcommand: `add_parser(subparsers)` registers it, `args.run(args)` executes it."""
+"""One module per CLI subcommand: `add_parser(subparsers)` registers it, `args.handler(args)` executes it."""

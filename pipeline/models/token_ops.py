@@ -67,11 +67,23 @@ def token_scores(attn: torch.Tensor, weights: torch.Tensor, num_prefix: int, key
     return rel if valid is None else rel.masked_fill(~valid, float("-inf"))
 
 
+def descending_rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's 0-based rank in its row, largest first; ties go to the lower index; NaN ranks as -inf.
+
+    Pairwise comparisons instead of a sort: exact tie semantics in standard ONNX ops, O(N^2) but tiny next to
+    attention's N^2 * d.
+    """
+    s = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks as -inf
+    a, b = s[:, :, None], s[:, None, :]  # a: the token ranked, b: every other token
+    index = torch.arange(s.shape[1], device=s.device)
+    earlier = index[None, :] < index[:, None]  # [i, j]: j comes before i
+    beats = (b > a) | ((b == a) & earlier[None])
+    return beats.sum(dim=2)
+
+
 def top_rank_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """True for each row's `count` highest scores; ties go to the lower index, NaN ranks lowest."""
-    ranked = torch.nan_to_num(scores, nan=float("-inf"))
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :count]
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+    """True for each row's `count` highest scores (see `descending_rank` for ties and NaN)."""
+    return descending_rank(scores) < count
 
 
 def keep_mask(scores: torch.Tensor, threshold: torch.Tensor | float, min_keep: int) -> torch.Tensor:
@@ -113,32 +125,23 @@ def token_select_capped(
     """TokenSelect with a static output size P + cap, in ops that every runtime builds (TopK with constant k).
 
     Equals `token_select_reference` (up to extra zero rows) whenever a sample keeps at most `cap` patches;
-    a sample above the cap keeps its `cap` highest-scoring patches.
+    a sample above the cap keeps its `cap` highest-scoring kept patches.
     """
-    num_patches = scores.shape[1]
-    cap = min(cap, num_patches)
+    cap = min(cap, scores.shape[1])
     keep = keep_mask(scores, threshold, min_keep)
-    candidate = torch.where(keep, scores, torch.full_like(scores, float("-inf")))
-    top = torch.topk(candidate, cap, dim=1).indices  # the cap best kept patches (and non-kept filler)
-    top_kept = torch.gather(keep, 1, top)
-    # Restore original order with the kept ones first: rank key = index, or index + N for filler.
-    sort_key = torch.where(top_kept, top, top + num_patches)
-    order = torch.topk(sort_key, cap, dim=1, largest=False).indices
-    idx = torch.gather(top, 1, order)
-    counts = top_kept.sum(dim=1)
-    valid = torch.arange(cap, device=x.device)[None, :] < counts[:, None]
-    patches = torch.gather(x[:, num_prefix:], 1, idx[..., None].expand(-1, -1, x.shape[2]))
-    patches = torch.where(valid[..., None], patches, torch.zeros_like(patches))
-    y = torch.cat([x[:, :num_prefix], patches], dim=1)
-    return y, (counts + num_prefix).to(torch.int32)
+    if cap < scores.shape[1]:
+        keep = keep & top_rank_mask(torch.where(keep, scores, torch.full_like(scores, float("-inf"))), cap)
+    return compact_kept(x, keep, keep.sum(dim=1), num_prefix, cap)
 
 
 def compact_kept(
     x: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, num_prefix: int, k_patch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable compaction of kept patch rows to the front, padded with zero rows to `k_patch`."""
-    # Sorting the "dropped" flag stably puts kept indices first, in their original order.
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_patch]
+    num_patches = keep.shape[1]
+    # Kept token i gets key N - i (unique, larger for earlier tokens); TopK then lists them in original order.
+    key = torch.where(keep, num_patches - torch.arange(num_patches, device=x.device), 0)
+    order = torch.topk(key, k_patch, dim=1).indices
     patches = torch.gather(x[:, num_prefix:], 1, order[..., None].expand(-1, -1, x.shape[2]))
     valid = torch.arange(k_patch, device=x.device)[None, :] < counts[:, None]
     patches = torch.where(valid[..., None], patches, torch.zeros_like(patches))

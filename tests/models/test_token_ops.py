@@ -114,3 +114,10 @@ def test_straight_through_has_hard_value_and_soft_gradient():
     gate.sum().backward()
     expected = -(soft * (1 - soft)).sum() / 0.1
     torch.testing.assert_close(threshold.grad, expected.detach(), rtol=1e-6, atol=0)
+
+
+def test_rank_keeps_infinities_apart_from_finite_extremes():
+    big = torch.finfo(torch.float32).max
+    scores = torch.tensor([[float("-inf"), -big, float("nan"), float("inf"), big]])
+    assert token_ops.descending_rank(scores).tolist() == [[3, 2, 4, 0, 1]]
+    assert token_ops.keep_mask(scores, float("-inf"), 4).tolist() == [[True, True, False, True, True]]

@@ -15,18 +15,15 @@ RELOAD_TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, fmnist_root):
-    out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(fmnist_root)
-    summary = trainer.train(cfg, out)
-    return cfg, out, summary
+def trained_run(tiny_run):
+    cfg, out = tiny_run
+    return cfg, out, json.loads((out / "summary.json").read_text())
 
 
 def test_artifacts_and_summary(trained_run):
     cfg, out, summary = trained_run
     for name in ("teacher.safetensors", "student.safetensors", "config.json", "train_log.jsonl", "summary.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text()) == summary
     for model in ("teacher", "student"):
         assert set(summary[model]) >= {"top1", "gflops", "params"}
     assert summary["teacher"]["top1"] > 50.0, "the synthetic task is easy; a trained teacher must learn it"

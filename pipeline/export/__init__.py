@@ -1,0 +1,1 @@
+"""ONNX export of gated ViTs in three flavors (plugin, native, capped) plus the dense teacher."""

@@ -1,0 +1,69 @@
+"""What an exported file records about itself (ONNX metadata_props), so later stages never re-ask for it."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import onnx
+
+from pipeline.config import Config, config_from_dict
+from pipeline.errors import fail
+
+PREFIX = "tokengate."
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """The facts `validate`, `build` and `bench` read back from an exported model."""
+
+    flavor: str  # plugin | native | capped | dense
+    model: str  # student | teacher
+    config: dict  # the run's Config as a dict
+    stages: list[int]
+    thresholds: list[float]
+    min_keep: int
+    num_prefix: int
+    caps: Optional[list[int]]  # capped flavor: patch tokens kept at most per stage
+    truncation_rate: Optional[float]  # capped flavor: share of validation images that hit a cap at some stage
+    input_shape: list[int]  # [C, H, W]
+    opset: int
+    run_dir: str
+
+    def run_config(self) -> Config:
+        return config_from_dict(self.config)
+
+
+def attach(proto: onnx.ModelProto, info: ExportInfo) -> None:
+    """Store every field as one metadata_props entry (JSON values), plus the format version."""
+    entries = {"format": FORMAT_VERSION, **asdict(info)}
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = PREFIX + key, json.dumps(value)
+
+
+def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> ExportInfo:
+    """Read ExportInfo back; a file without it is not one of ours, and says so."""
+    path = Path(path)
+    if proto is None:
+        if not path.is_file():
+            raise fail(f"{path} does not exist", "export it first: tokengate export RUN --flavor ...")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
+            raise fail(f"{path} is not a readable ONNX file ({type(exc).__name__})", "pass a file written by "
+                       "`tokengate export`") from None
+    props = {p.key[len(PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
+    if "format" not in props:
+        raise fail(f"{path} has no TokenGate metadata, so its thresholds, config and flavor are unknown",
+                   "export the model with `tokengate export RUN`; other ONNX files cannot be validated here")
+    if int(json.loads(props["format"])) != FORMAT_VERSION:
+        raise fail(f"{path} uses TokenGate metadata version {props['format']}", "re-export it with this version")
+    fields = {k: json.loads(v) for k, v in props.items() if k != "format"}
+    try:
+        return ExportInfo(**fields)
+    except TypeError as exc:
+        raise fail(f"{path} has incomplete TokenGate metadata ({exc})", "re-export it with `tokengate export`") from None

@@ -1,0 +1,8 @@
+"""Runners: one interface over PyTorch, ONNX Runtime and TensorRT, so `validate` and `bench` compare like with like.
+
+Modelled on Polygraphy's runners + Comparator: each runner takes a float32 batch [B, C, H, W] and returns logits
+and kept tokens per stage as NumPy arrays.
+"""
+from pipeline.runners.base import RUNTIMES, Runner, RunnerOutput, runtime_name
+
+__all__ = ["RUNTIMES", "Runner", "RunnerOutput", "runtime_name"]

@@ -1,0 +1,117 @@
+"""ONNX export: the three flavors and the dense teacher, their graphs, metadata and ONNX Runtime parity."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline.errors import TokenGateError
+from pipeline.export.metadata import read_info
+from pipeline.export.run_export import export_run
+from pipeline.models import load_student
+from tests.conftest import make_run, tiny_config
+
+PARITY_TOL = 1e-4  # ONNX Runtime CPU vs PyTorch, fp32 (issue 4 target)
+
+ARCHS = {
+    "default-geometry": {"arch": "vit_tiny_patch16_224", "img_size": 28, "in_chans": 1, "patch_size": 4,
+                         "embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 4.0},
+    "deit_tiny_patch16_224": {"arch": "deit_tiny_patch16_224", "img_size": 64, "in_chans": 3, "patch_size": None,
+                              "embed_dim": None, "depth": 6, "num_heads": None, "mlp_ratio": None},
+    "deit_tiny_distilled": {"arch": "deit_tiny_distilled_patch16_224", "img_size": 64, "in_chans": 3,
+                            "patch_size": None, "embed_dim": None, "depth": 6, "num_heads": None, "mlp_ratio": None},
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def exported(request, tmp_path_factory, fmnist_root):
+    cfg = tiny_config(fmnist_root, model=ARCHS[request.param], gates={"token_stages": None, "init_threshold": 1.0})
+    run = make_run(tmp_path_factory.mktemp(request.param), cfg)
+    paths = export_run(run, ["plugin", "native", "capped", "dense"])
+    return cfg, run, paths
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_graphs_check_and_have_a_dynamic_batch(exported):
+    _, _, paths = exported
+    for flavor, path in paths.items():
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.dim_value, flavor
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer), flavor
+        assert not (path.parent / (path.name + ".data")).exists()
+
+
+def test_plugin_flavor_has_one_fused_node_per_stage_and_others_none(exported):
+    _, run, paths = exported
+    stages = len(load_student(run).stages)
+    for flavor, path in paths.items():
+        model = onnx.load(str(path))
+        fused = [n for n in model.graph.node if n.domain == "tokengate"]
+        if flavor == "plugin":
+            assert len(fused) == stages and all(n.op_type == "TokenSelect" for n in fused)
+            assert {(o.domain, o.version) for o in model.opset_import} >= {("tokengate", 1)}
+            attrs = {a.name: a.i for a in fused[0].attribute}
+            assert attrs["num_prefix"] >= 1 and attrs["min_keep"] == 1
+        else:
+            assert not fused, flavor
+    native_ops = {n.op_type for n in onnx.load(str(paths["native"])).graph.node}
+    assert "TopK" in native_ops
+
+
+def test_metadata_records_what_later_stages_need(exported):
+    cfg, run, paths = exported
+    student = load_student(run)
+    info = read_info(paths["capped"])
+    assert info.flavor == "capped" and info.model == "student"
+    assert info.stages == list(student.stages) and info.min_keep == student.min_keep
+    assert info.thresholds == pytest.approx([float(t) for t in student.thresholds], abs=0)
+    assert info.run_config() == cfg and info.caps is not None and len(info.caps) == len(info.stages)
+    assert read_info(paths["dense"]).model == "teacher"
+
+
+@pytest.mark.parametrize("flavor", ["native", "capped", "dense"])
+def test_onnxruntime_matches_pytorch(exported, flavor):
+    cfg, run, paths = exported
+    model = load_student(run) if flavor != "dense" else None
+    if flavor == "capped":  # random images keep more than validation images: compare capped with capped
+        model.set_select("capped", read_info(paths["capped"]).caps)
+    images = torch.randn(7, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
+    outputs = _session(paths[flavor]).run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        if model is None:
+            from pipeline.models import load_teacher
+
+            expected = load_teacher(run)(images).numpy()
+        else:
+            expected, lengths = (t.numpy() for t in model.forward_dropped(images))
+            np.testing.assert_array_equal(outputs[1], lengths)
+    assert np.abs(outputs[0] - expected).max() <= PARITY_TOL
+
+
+def test_capped_limits_come_from_validation_data(exported):
+    _, run, paths = exported
+    summary = json.loads((run / "summary.json").read_text())
+    info = read_info(paths["capped"])
+    assert summary["capped"]["caps"] == info.caps and summary["capped"]["truncation_rate"] == 0.0
+
+
+def test_bad_export_requests(tmp_path, tiny_run, fmnist_root):
+    _, run = tiny_run
+    with pytest.raises(TokenGateError, match="unknown flavor 'fused'"):
+        export_run(run, ["fused"])
+    with pytest.raises(TokenGateError, match="opset 13 is below 18"):
+        export_run(run, ["native"], opset=13)
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.json").write_text(json.dumps(tiny_config(fmnist_root).to_dict()))
+    with pytest.raises(TokenGateError, match="has no student.safetensors"):
+        export_run(untrained, ["native"])
+    with pytest.raises(TokenGateError, match="has no config.json"):
+        export_run(tmp_path, ["native"])
