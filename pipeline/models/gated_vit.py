@@ -111,7 +111,7 @@ class GatedViT(nn.Module):
         )
         self.group_gates = GroupGates(vit.embed_dim, structure.heads, self.score_layers) if dynamic == "group" else None
         self.select_impl = "op"  # how forward_dropped drops tokens: see select_op.SELECT_IMPLS
-        self.caps: Optional[tuple[int, ...]] = None  # per-stage K for the capped flavor
+        self.caps: Optional[tuple[int, ...]] = None  # per-stage patch counts for the capped / fixed selections
 
     # ---- description ---------------------------------------------------------------------------------------
     @property
@@ -138,11 +138,12 @@ class GatedViT(nn.Module):
         )
 
     def set_select(self, impl: str, caps: Optional[Sequence[int]] = None) -> "GatedViT":
-        """Choose how inference drops tokens: the custom op, standard ops, or standard ops with a static K."""
+        """Choose how inference drops tokens: the custom op, standard ops, standard ops with a static K (`caps`:
+        patch tokens kept at most per stage), or the fixed-count baseline (`caps`: patch tokens kept per stage)."""
         if impl not in SELECT_IMPLS:
             raise fail(f"unknown selection {impl!r}", f"use one of {list(SELECT_IMPLS)}")
-        if impl == "capped" and (caps is None or len(caps) != len(self.stages)):
-            raise fail("the capped selection needs one K per stage", "pass caps=[K1, K2, ...]")
+        if impl in ("capped", "fixed") and (caps is None or len(caps) != len(self.stages)):
+            raise fail(f"the {impl} selection needs one patch count per stage", "pass caps=[K1, K2, ...]")
         self.select_impl, self.caps = impl, None if caps is None else tuple(int(c) for c in caps)
         return self
 

@@ -2,7 +2,7 @@
 
 The custom op keeps the selection one opaque node, so the ONNX exporter can emit the fused
 `tokengate::TokenSelect` node (plugin flavor). `native` inlines the same semantics in standard ops with a
-data-dependent K; `capped` uses a static K per stage (DESIGN.md §3).
+data-dependent K; `capped` uses a static K per stage (DESIGN.md §3). `fixed` is the fixed-keep-count baseline.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 from pipeline.models import token_ops
 
-SelectImpl = Literal["op", "native", "capped"]
-SELECT_IMPLS: tuple[str, ...] = ("op", "native", "capped")
+SelectImpl = Literal["op", "native", "capped", "fixed"]
+SELECT_IMPLS: tuple[str, ...] = ("op", "native", "capped", "fixed")
 
 
 @torch.library.custom_op("tokengate::token_select", mutates_args=())
@@ -42,9 +42,11 @@ def select_tokens(
         return y, lengths
     if impl == "native":
         return _native_select(x, scores, threshold, num_prefix, min_keep)
-    if impl == "capped":
+    if impl in ("capped", "fixed"):
         if cap is None:
-            raise ValueError("capped selection needs a cap per stage")
+            raise ValueError(f"{impl} selection needs a token count per stage")
+        if impl == "fixed":  # the fixed-rate baseline ignores the threshold
+            return token_ops.token_select_fixed(x, scores, num_prefix, cap)
         return token_ops.token_select_capped(x, scores, threshold, num_prefix, min_keep, cap)
     raise ValueError(f"unknown select impl {impl!r}; expected one of {SELECT_IMPLS}")
 

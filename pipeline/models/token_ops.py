@@ -134,6 +134,12 @@ def token_select_capped(
     return compact_kept(x, keep, keep.sum(dim=1), num_prefix, cap)
 
 
+def token_select_fixed(x: torch.Tensor, scores: torch.Tensor, num_prefix: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed-rate baseline (EViT / DynamicViT style): every sample keeps its `count` best patches, no threshold."""
+    keep = top_rank_mask(scores, min(count, scores.shape[1]))
+    return compact_kept(x, keep, keep.sum(dim=1), num_prefix, min(count, scores.shape[1]))
+
+
 def compact_kept(
     x: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, num_prefix: int, k_patch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

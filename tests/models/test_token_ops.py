@@ -121,3 +121,10 @@ def test_rank_keeps_infinities_apart_from_finite_extremes():
     scores = torch.tensor([[float("-inf"), -big, float("nan"), float("inf"), big]])
     assert token_ops.descending_rank(scores).tolist() == [[3, 2, 4, 0, 1]]
     assert token_ops.keep_mask(scores, float("-inf"), 4).tolist() == [[True, True, False, True, True]]
+
+
+def test_fixed_count_baseline_keeps_the_best_in_order():
+    x = torch.arange(6, dtype=torch.float32).reshape(1, 6, 1)
+    scores = torch.tensor([[0.2, 0.9, 0.1, 0.9, 0.5]])
+    y, lengths = token_ops.token_select_fixed(x, scores, num_prefix=1, count=3)
+    assert lengths.tolist() == [4] and y[0, :, 0].tolist() == [0.0, 2.0, 4.0, 5.0]
