@@ -79,7 +79,8 @@ class GatesConfig:
     static: bool = True  # learn head / MLP-channel / block gates and slice them out
     static_init: float = 2.0  # initial gate logit (positive = open)
     dynamic: Literal["none", "group"] = "none"
-    subgroup_split: Literal["none", "uniform", "random", "recursive"] = "recursive"
+    # Sub-group split modes for dynamic gates: stage 2 is trained once per mode (the first is the main student).
+    subgroup_split: tuple[Literal["none", "uniform", "random", "recursive"], ...] = ("recursive",)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.init_threshold <= MAX_THRESHOLD:
@@ -91,6 +92,9 @@ class GatesConfig:
             raise fail(f"gates.tau={self.tau} must be positive", "use e.g. gates.tau=0.1")
         if self.min_keep < 1:
             raise fail(f"gates.min_keep={self.min_keep} must be at least 1", "set gates.min_keep=1")
+        if not self.subgroup_split or len(set(self.subgroup_split)) != len(self.subgroup_split):
+            raise fail(f"gates.subgroup_split={list(self.subgroup_split)} must list distinct modes",
+                       "e.g. [recursive] or [recursive, none]")
         if self.token_stages is not None and list(self.token_stages) != sorted(set(self.token_stages)):
             raise fail(f"gates.token_stages={list(self.token_stages)} must be strictly increasing", "e.g. [3, 6, 9]")
 
@@ -103,11 +107,17 @@ class BudgetConfig:
     """The FLOPs budget: the student's mean GFLOPs as a fraction of the dense teacher's."""
 
     target: float = 0.45
+    # The static structure alone (every token kept) may cost at most this fraction: USDC's upper bound on memory and
+    # compute. Without it the budget is met almost only by tokens, which are cheaper to drop, and nothing shrinks.
+    static_target: Optional[float] = None
     weight: float = 4.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
             raise fail(f"budget.target={self.target} is outside (0, 1]", "give a fraction of dense GFLOPs, e.g. 0.6")
+        if self.static_target is not None and not self.target <= self.static_target <= 1.0:
+            raise fail(f"budget.static_target={self.static_target} is outside [budget.target, 1]",
+                       "the static structure cannot cost less than the whole budget; use e.g. 0.65 or null")
         if self.weight < 0:
             raise fail(f"budget.weight={self.weight} is negative", "use a weight >= 0")
 
@@ -262,6 +272,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise fail(f"{key}={value!r} has type {type(value).__name__}, expected {getattr(hint, '__name__', hint)}",

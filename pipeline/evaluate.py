@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm import tqdm
+from pipeline.progress import progress
 
 from pipeline.data import Dataset, Split
 from pipeline.flops import gmacs
@@ -30,13 +30,14 @@ def count_params(model: GatedViT) -> int:
 
 @torch.no_grad()
 def evaluate(model: GatedViT, dataset: Dataset, split: Split, batch_size: int = 256, device: str | torch.device = "cpu",
-             progress: bool = True, desc: str = "eval") -> EvalResult:
+             show_progress: bool = True, desc: str = "eval") -> EvalResult:
     """Top-1 and mean GFLOPs with tokens physically dropped, over a whole split."""
     model = model.eval().to(device)
     correct, total, macs_sum = 0, 0, 0.0
     kept_sum = torch.zeros(len(model.stages), dtype=torch.float64)
     batches = dataset.batches(split, batch_size)
-    for images, labels in tqdm(batches, total=-(-len(split) // batch_size), desc=desc, disable=not progress, leave=False):
+    steps = -(-len(split) // batch_size)
+    for images, labels in progress(batches, total=steps, desc=desc, disable=not show_progress, leave=False):
         gates: list = []
         logits, lengths = model.forward_dropped(images.to(device), record_gates=gates)
         correct += int((logits.argmax(-1).cpu() == labels).sum())

@@ -46,8 +46,8 @@ def layer_macs(
     """MACs of one block over `tokens` tokens: qkv, QK^T, AV, proj, MLP, and the class-row scores if computed."""
     width = heads * head_dim
     attention = tokens * dim * 3 * width + 2 * tokens * tokens * width + tokens * width * dim
-    if scores:  # the class row again (q.K^T and A.V) and the head-importance weighting, for the token scores
-        attention = attention + 2 * tokens * width + tokens * heads
+    if scores:  # the class row again (q.K^T and A.V), for the token scores
+        attention = attention + 2 * tokens * width
     mlp = 2 * tokens * dim * mlp_hidden
     return attn_on * attention + mlp_on * mlp
 

@@ -10,6 +10,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.teacher.epochs=3 (repeatable)")
     p.add_argument("--out", required=True, help="run directory, e.g. runs/fmnist-tiny")
+    p.add_argument("--subgroup-split", default=None, metavar="MODES",
+                   help="dynamic gates: sub-group split modes none|uniform|random|recursive, comma-separated; stage 2 "
+                        "is trained once per mode (student.split-MODE.safetensors), so their consistency can be compared")
     p.set_defaults(handler=run)
 
 
@@ -18,7 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.report import print_summary
     from pipeline.train.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.subgroup_split:
+        overrides.append(f"gates.subgroup_split=[{args.subgroup_split}]")
+    cfg = load_config(args.config, overrides)
     summary = train(cfg, args.out)
     if summary:
         print_summary(summary)

@@ -238,6 +238,25 @@ class GatedViT(nn.Module):
                                        scores=i in geom.score_layers and geom.heads[i] > 0)
         return torch.as_tensor(total, dtype=torch.float32).expand(tokens.shape[0]) if not torch.is_tensor(total) else total
 
+    def static_macs(self) -> torch.Tensor:
+        """MACs of the structure the static gates keep, with every token kept (differentiable in the gates)."""
+        full = torch.full((1, len(self.stages)), float(self.geometry().num_tokens))
+        gates = [self.static_gates.layer(i) for i in range(len(self.vit.blocks))] if self.static_gates else None
+        return self.macs(full, gates)[0]
+
+    def minimum_macs(self) -> float:
+        """The cheapest this model can get: every stage at P + min_keep tokens and, with static gates, every
+        sub-block removed except one head of the attention layers that score tokens. No budget can go lower."""
+        geom = self.geometry()
+        fewest = torch.full((1, len(self.stages)), float(self.num_prefix + self.min_keep))
+        if self.static_gates is None:
+            return float(self.macs(fewest)[0])
+        per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, fewest)
+        total = float(embed_and_head_macs(geom))
+        for i in self.score_layers:
+            total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0, scores=True))
+        return total
+
     # ---- slicing -------------------------------------------------------------------------------------------
     def sliced(self) -> "GatedViT":
         """A copy with closed heads, channels and sub-blocks physically removed, and no static gates."""

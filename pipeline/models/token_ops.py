@@ -55,7 +55,7 @@ def token_scores(attn: torch.Tensor, weights: torch.Tensor, num_prefix: int, key
     Returns:
         [B, N - P] scores.
     """
-    raw = torch.einsum("bhn,bh->bn", attn, weights)[:, num_prefix:]
+    raw = (attn * weights[:, :, None]).sum(dim=1)[:, num_prefix:]
     if key_valid is None:
         count = torch.full_like(raw[:, :1], raw.shape[1])
         valid = None
@@ -100,8 +100,8 @@ def soft_keep(scores: torch.Tensor, threshold: torch.Tensor, tau: float) -> torc
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Forward value of `hard`, gradient of `soft`."""
-    return hard.to(soft.dtype) + soft - soft.detach()
+    """Forward value of `hard` exactly (the bracket is exactly 0), gradient of `soft`."""
+    return hard.to(soft.dtype) + (soft - soft.detach())
 
 
 def token_select_reference(

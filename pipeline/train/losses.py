@@ -15,3 +15,8 @@ def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 def budget(macs: torch.Tensor, dense_macs: float, target: float) -> torch.Tensor:
     """|mean MACs of the batch / dense MACs - target|: the batch mean lets easy images pay for hard ones."""
     return (macs.mean() / dense_macs - target).abs()
+
+
+def static_ceiling(macs: torch.Tensor, dense_macs: float, ceiling: float) -> torch.Tensor:
+    """max(0, static MACs / dense - ceiling): the sliced structure itself must shrink, whatever tokens do."""
+    return torch.relu(macs / dense_macs - ceiling)

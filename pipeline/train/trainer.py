@@ -4,6 +4,7 @@ Each phase checkpoints after every epoch; re-running the same command on the sam
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -14,10 +15,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from pipeline.progress import progress
 
 from pipeline.artifacts import read_json, update_summary, write_json
-from pipeline.config import Config, PhaseConfig, config_from_dict
+from pipeline.config import Config, PhaseConfig, config_from_dict, replace
 from pipeline.data import Dataset, Split, load_dataset, stratified_indices
 from pipeline.errors import fail
 from pipeline.evaluate import EvalResult, evaluate
@@ -52,9 +53,14 @@ def train(cfg: Config, out: str | Path) -> dict:
     try:
         dataset = load_dataset(cfg.data, cfg.model)  # bad data or models fail before the run dir is touched
         check_architecture(cfg.model)
+        check_budget(cfg)
+        initial = None
+        if not (out / TEACHER_FILE).is_file():
+            torch.manual_seed(cfg.train.seed)
+            initial = build_teacher(cfg)  # loads model.checkpoint / pretrained weights: fails before any write
         prepare_run_dir(cfg, out, runtime)
         log = JsonLog(out / "train_log.jsonl", enabled=runtime.is_main)
-        teacher = train_teacher(cfg, dataset, out, runtime, log)
+        teacher = train_teacher(cfg, dataset, out, runtime, log, initial)
         student = train_student(cfg, teacher, dataset, out, runtime, log)
         return summarise(cfg, teacher, student, dataset, out, runtime)
     finally:
@@ -90,11 +96,12 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 # ---- phases ------------------------------------------------------------------------------------------------
-def train_teacher(cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, log: "JsonLog") -> GatedViT:
+def train_teacher(cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, log: "JsonLog",
+                  initial: Optional[GatedViT]) -> GatedViT:
+    """Train (or fine-tune, from model.checkpoint) the dense teacher; a finished one is loaded instead."""
     if (out / TEACHER_FILE).is_file():
         return load_teacher(out, cfg).to(runtime.device)
-    torch.manual_seed(cfg.train.seed)
-    model = build_teacher(cfg).to(runtime.device)
+    model = initial.to(runtime.device)
 
     def step(images, labels, _generator):
         logits, _ = model.forward_masked(images)
@@ -112,36 +119,66 @@ def train_teacher(cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, lo
 
 def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, runtime: Runtime,
                   log: "JsonLog") -> GatedViT:
-    """Stage 1 searches static gates (with token gates) under the budget and slices; stage 2 fine-tunes."""
+    """Stage 1 searches static gates (with token gates) under the budget and slices; stage 2 fine-tunes.
+
+    With dynamic group gates, stage 2 runs once per sub-group split mode, each from the same sliced model, so the
+    batch-size consistency of the modes can be compared; the first mode's student is student.safetensors.
+    """
     if (out / STUDENT_FILE).is_file():
         return load_student(out, cfg).to(runtime.device)
     reference = float(dense_macs(teacher.geometry()))
-    torch.manual_seed(cfg.train.seed + 1)
-    if cfg.gates.static:
-        if not (out / SLICED_FILE).is_file():
-            model = build_student(cfg, weights_from=teacher).to(runtime.device)
-            run_phase(_student_phase("search", model, teacher, cfg, reference), cfg, dataset, out, runtime, log)
-            if runtime.is_main:
-                save_student(model.sliced(), out / SLICED_FILE, cfg)
-            barrier()
-        student = load_student(out, cfg, filename=SLICED_FILE).train()
-    else:
-        student = build_student(cfg, weights_from=teacher, static_gates=False)
-    student = student.to(runtime.device)
-    run_phase(_student_phase("finetune", student, teacher, cfg, reference), cfg, dataset, out, runtime, log)
+    splits = cfg.gates.subgroup_split
+    if cfg.gates.static and not (out / SLICED_FILE).is_file():
+        torch.manual_seed(cfg.train.seed + 1)
+        model = build_student(cfg, weights_from=teacher).to(runtime.device)
+        run_phase(_student_phase("search", model, teacher, cfg, reference, splits[0]), cfg, dataset, out, runtime, log)
+        if runtime.is_main:
+            save_student(model.sliced(), out / SLICED_FILE, cfg)
+        barrier()
+    variants = splits if cfg.gates.dynamic == "group" else (None,)
+    students = []
+    for split in variants:
+        torch.manual_seed(cfg.train.seed + 2)
+        if cfg.gates.static:
+            student = load_student(out, cfg, filename=SLICED_FILE).train()
+        else:
+            student = build_student(cfg, weights_from=teacher, static_gates=False)
+        student = student.to(runtime.device)
+        name = "finetune" if split is None else f"finetune-{split}"
+        run_phase(_student_phase(name, student, teacher, cfg, reference, split), cfg, dataset, out, runtime, log)
+        if runtime.is_main and split is not None:
+            save_student(student, out / variant_file(split), cfg)
+        students.append(student)
     if runtime.is_main:
-        save_student(student, out / STUDENT_FILE, cfg)
+        save_student(students[0], out / STUDENT_FILE, cfg)
     barrier()
-    return student.eval()
+    return students[0].eval()
 
 
-def _student_phase(name: str, model: GatedViT, teacher: GatedViT, cfg: Config, reference: float) -> Phase:
+def check_budget(cfg: Config) -> None:
+    """Refuse a budget the student cannot reach, before spending any time training towards it."""
+    probe = build_student(replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False)))
+    reference = dense_macs(dataclasses.replace(probe.geometry(), score_layers=()))
+    floor = probe.minimum_macs() / reference
+    if cfg.budget.target < floor:
+        raise fail(f"budget.target={cfg.budget.target} is below {floor:.3f}, the cheapest this model can get (patch "
+                   "embedding, head, the attention that scores tokens, and min_keep tokens per stage)",
+                   f"raise budget.target to at least {floor:.3f}")
+
+
+def variant_file(split: str) -> str:
+    """The student trained with one sub-group split mode (dynamic group gates only)."""
+    return f"student.split-{split}.safetensors"
+
+
+def _student_phase(name: str, model: GatedViT, teacher: GatedViT, cfg: Config, reference: float,
+                   split: str | None) -> Phase:
     settings = cfg.train.search if name == "search" else cfg.train.finetune
 
     def step(images, labels, generator):
         group_ids = None
         if model.group_gates is not None:
-            group_ids = group_ids_for(split_sizes(len(labels), cfg.gates.subgroup_split, generator), generator)
+            group_ids = group_ids_for(split_sizes(len(labels), split, generator), generator)
             group_ids = group_ids.to(images.device)
         logits, stats = model.forward_masked(images, group_ids)
         with torch.no_grad():
@@ -150,8 +187,13 @@ def _student_phase(name: str, model: GatedViT, teacher: GatedViT, cfg: Config, r
         ce = F.cross_entropy(logits, labels, label_smoothing=cfg.train.label_smoothing)
         kd = losses.distillation(logits, teacher_logits, cfg.train.kd_temperature)
         cost = losses.budget(macs, reference, cfg.budget.target)
+        metrics = {"ce": ce, "kd": kd, "budget": cost, "flops_ratio": macs.mean() / reference}
+        if model.static_gates is not None and cfg.budget.static_target is not None:
+            static = model.static_macs()
+            cost = cost + losses.static_ceiling(static, reference, cfg.budget.static_target)
+            metrics["static_ratio"] = static / reference
         loss = ce + cfg.train.kd_weight * kd + cfg.budget.weight * cost
-        return loss, {"ce": ce, "kd": kd, "budget": cost, "flops_ratio": macs.mean() / reference}
+        return loss, metrics
 
     gates = [p for n, p in model.named_parameters() if n.startswith(("static_gates.", "group_gates."))]
     groups = [
@@ -201,8 +243,8 @@ def run_phase(phase: Phase, cfg: Config, dataset: Dataset, out: Path, runtime: R
         generator.manual_seed(cfg.train.seed * 7919 + epoch)
         batches = dataset.batches(dataset.train, settings.batch_size, shuffle=True, seed=cfg.train.seed, epoch=epoch,
                                   rank=runtime.rank, world=runtime.world, drop_last=True)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"{phase.name} {epoch + 1}/{settings.epochs}",
-                   disable=not runtime.is_main, dynamic_ncols=True)
+        bar = progress(batches, total=steps_per_epoch, desc=f"{phase.name} {epoch + 1}/{settings.epochs}",
+                   disable=not runtime.is_main)
         started = time.time()
         for step_in_epoch, (images, labels) in enumerate(bar):
             global_step = epoch * steps_per_epoch + step_in_epoch
@@ -217,7 +259,7 @@ def run_phase(phase: Phase, cfg: Config, dataset: Dataset, out: Path, runtime: R
                 log.write({"phase": phase.name, "epoch": epoch, "step": global_step, **values,
                            "thresholds": [round(float(t), 4) for t in model.thresholds.detach()]})
         result = evaluate(model, dataset, _monitor_split(dataset), cfg.train.eval_batch_size, runtime.device,
-                          progress=runtime.is_main, desc=f"{phase.name} val") if runtime.is_main else None
+                          show_progress=runtime.is_main, desc=f"{phase.name} val") if runtime.is_main else None
         if runtime.is_main:
             log.write({"phase": phase.name, "event": "epoch_end", "epoch": epoch + 1, "seconds": time.time() - started,
                        "monitor_top1": result.top1, "monitor_gflops": result.gflops, "mean_kept": result.mean_kept})

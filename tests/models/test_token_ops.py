@@ -110,7 +110,7 @@ def test_straight_through_has_hard_value_and_soft_gradient():
     threshold = torch.tensor(1.0, requires_grad=True)
     soft = token_ops.soft_keep(scores, threshold, tau=0.1)
     gate = token_ops.straight_through(scores > threshold, soft)
-    torch.testing.assert_close(gate.detach(), (scores > 1.0).float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(gate.detach(), (scores > 1.0).float(), rtol=0, atol=0)
     gate.sum().backward()
     expected = -(soft * (1 - soft)).sum() / 0.1
     torch.testing.assert_close(threshold.grad, expected.detach(), rtol=1e-6, atol=0)
