@@ -39,5 +39,15 @@ engine: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# libtokengate_kernels.so always; libtokengate_plugins.so too when TensorRT is found (TensorRT_ROOT=/opt/TensorRT).
+plugins:
+	cmake -S plugins -B plugins/build -DCMAKE_BUILD_TYPE=Release $(if $(TensorRT_ROOT),-DTensorRT_ROOT=$(TensorRT_ROOT)) \
+		$(if $(TensorRT_INCLUDE_DIR),-DTensorRT_INCLUDE_DIR=$(TensorRT_INCLUDE_DIR))
+	cmake --build plugins/build -j2
+
+# Build and time both flavors with trtexec (prints the commands when trtexec is not installed): docs/trtexec.md.
+trtexec: setup
+	PYTHON=$(PY) bash plugins/trtexec.sh $(RUN)
+
 clean:
 	rm -rf runs plugins/build .pytest_cache
