@@ -17,7 +17,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,rtx,test]"
 	touch $@
 
 # Debian's dataset-fashion-mnist: installed when missing and apt is usable (as root); otherwise say how.

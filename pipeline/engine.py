@@ -40,7 +40,20 @@ def stage_train(args: argparse.Namespace) -> str:
             f"student GFLOPs {ratios['gflops_ratio']:.1%} and params {ratios['params_ratio']:.1%} of the teacher's")
 
 
-STAGES: list[tuple[str, Stage]] = [("train", stage_train)]
+def stage_export(args: argparse.Namespace) -> str:
+    from pipeline.export.run_export import export_run
+
+    written = export_run(args.run, ("plugin", "native", "capped", "dense"))
+    return ", ".join(str(path) for path in written.values())
+
+
+def stage_build(args: argparse.Namespace) -> str:
+    from pipeline.build.stage import stage_build as build
+
+    return build(args)
+
+
+STAGES: list[tuple[str, Stage]] = [("train", stage_train), ("export", stage_export), ("build", stage_build)]
 
 
 def run_stages(args: argparse.Namespace, stages: list[tuple[str, Stage]]) -> dict[str, StageResult]:
@@ -55,8 +68,8 @@ def run_stages(args: argparse.Namespace, stages: list[tuple[str, Stage]]) -> dic
             results[name] = StageResult("skipped", str(why))
         except TokenGateError as exc:
             results[name] = StageResult("failed", str(exc))
-            if name == "train":
-                break  # nothing downstream can run without a trained model
+            if name in ("train", "export"):
+                break  # nothing downstream can run without a trained, exported model
     return results
 
 

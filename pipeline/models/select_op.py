@@ -55,7 +55,9 @@ def _native_select(x, scores, threshold, num_prefix, min_keep):
     """The reference in standard ops, written so torch.export sees K as one data-dependent size."""
     keep = token_ops.keep_mask(scores, threshold, min_keep)
     counts = keep.sum(dim=1)
-    k_patch = counts.max().item()
+    # The clamp changes no value, but it writes the upper bound N into the graph (Min(k, N) feeding TopK), which
+    # TensorRT(-RTX) needs to size the data-dependent tensors.
+    k_patch = counts.max().clamp(max=scores.shape[1]).item()
     torch._check(k_patch >= 1)
     torch._check(k_patch <= scores.shape[1])
     return token_ops.compact_kept(x, keep, counts, num_prefix, k_patch)

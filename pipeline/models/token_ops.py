@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_EPS = 1e-12
+_EPS = 1e-6  # representable in fp16 (1e-12 would underflow to a subnormal)
 
 
 def class_attention(
