@@ -175,6 +175,12 @@ class ValidateConfig:
     tol_vs_b1: float = 1e-5
     max_flips: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise fail(f"validate.batch_sizes={list(self.batch_sizes)} must be positive", "e.g. [1, 2, 7, 32, 64]")
+        if self.tol_vs_torch < 0 or self.tol_vs_b1 < 0 or self.max_flips < 0:
+            raise fail("a validate tolerance is negative", "tolerances are bounds on |difference|: use values >= 0")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -266,6 +272,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise fail(f"{key}={value!r} is not one of {list(choices)}", f"set {key} to one of {list(choices)}")
         return value
     if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: a list of one
         if not isinstance(value, (list, tuple)):
             raise fail(f"{key}={value!r} must be a list", f"write {key} as a YAML list, e.g. [1, 2]")
         item_type = get_args(hint)[0]

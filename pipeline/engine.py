@@ -47,13 +47,35 @@ def stage_export(args: argparse.Namespace) -> str:
     return ", ".join(str(path) for path in written.values())
 
 
+def stage_validate(args: argparse.Namespace) -> str:
+    """Both adaptive flavors on ONNX Runtime CPU, every batch size; a broken tolerance fails the stage."""
+    from pipeline.artifacts import write_json
+    from pipeline.errors import fail
+    from pipeline.validate.compare import validate
+    from pipeline.validate.table import print_report, summary_line
+
+    lines, failures = [], []
+    for flavor in ("plugin", "native"):
+        path = Path(args.run) / f"model.{flavor}.onnx"
+        report = validate(path, runtime="ort-cpu")
+        print_report(report)
+        write_json(Path(args.run) / f"validate.{flavor}.json", report)
+        lines.append(summary_line(report))
+        failures += [f"{flavor}: {failure}" for failure in report["failures"]]
+    if failures:
+        raise fail("; ".join(failures), f"see the tables above and {args.run}/validate.<flavor>.json")
+    return "; ".join(lines)
+
+
 def stage_build(args: argparse.Namespace) -> str:
     from pipeline.build.stage import stage_build as build
 
     return build(args)
 
 
-STAGES: list[tuple[str, Stage]] = [("train", stage_train), ("export", stage_export), ("build", stage_build)]
+STAGES: list[tuple[str, Stage]] = [
+    ("train", stage_train), ("export", stage_export), ("validate", stage_validate), ("build", stage_build),
+]
 
 
 def run_stages(args: argparse.Namespace, stages: list[tuple[str, Stage]]) -> dict[str, StageResult]:

@@ -4,5 +4,6 @@ Modelled on Polygraphy's runners + Comparator: each runner takes a float32 batch
 and kept tokens per stage as NumPy arrays.
 """
 from pipeline.runners.base import RUNTIMES, Runner, RunnerOutput, runtime_name
+from pipeline.runners.factory import make_runner
 
-__all__ = ["RUNTIMES", "Runner", "RunnerOutput", "runtime_name"]
+__all__ = ["RUNTIMES", "Runner", "RunnerOutput", "make_runner", "runtime_name"]
