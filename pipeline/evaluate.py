@@ -44,8 +44,8 @@ def evaluate(model: GatedViT, dataset: Dataset, split: Split, batch_size: int = 
         total += len(labels)
         lengths = lengths.cpu().double()
         kept_sum += lengths.sum(0)
-        dynamic = gates if model.group_gates is not None else None
-        macs_sum += float(model.macs(lengths, [_cpu(g) for g in dynamic] if dynamic else None).sum())
+        gated = model.group_gates is not None or model.static_gates is not None  # the structure in use differs
+        macs_sum += float(model.macs(lengths, [_cpu(g) for g in gates] if gated else None).sum())
     return EvalResult(top1=100.0 * correct / max(total, 1), gflops=gmacs(macs_sum / max(total, 1)),
                       params=count_params(model), mean_kept=(kept_sum / max(total, 1)).tolist(), images=total)
 
