@@ -9,19 +9,34 @@ TARGET ?= auto
 PRECISION ?= fp16
 PYTEST_ARGS ?=
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# Install profile: GPU=1 installs onnxruntime-gpu (CUDA + TensorRT execution providers) in place of onnxruntime, and
+# TensorRT's Python package where it is installable. The two ONNX Runtime builds share one module: never both.
+GPU ?= 0
+PROFILE := $(if $(filter 1,$(GPU)),gpu,cpu)
+ORT_PACKAGE := $(if $(filter 1,$(GPU)),onnxruntime-gpu,onnxruntime)
+OTHER_ORT := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
+EXTRAS := $(PROFILE),rtx,test
+BENCH_ARGS ?= --runtime ort-cpu --batch-sizes 1,16 --rounds 8
 
 .PHONY: setup data engine test bench plugins trtexec clean
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed-$(PROFILE) data
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+$(VENV)/.installed-$(PROFILE): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,rtx,test]"
+	@# The other build's files are the shared module's: remove both, so ours installs whole.
+	if $(PY) -m pip show --quiet $(OTHER_ORT) >/dev/null 2>&1; then \
+		$(PY) -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu; fi
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(filter 1,$(GPU)),$(PY) -m pip install --quiet "tensorrt-cu13>=10" || \
+		echo "TensorRT's Python package is not installable here: tokengate build falls back to TensorRT-RTX")
+	$(PY) -m pipeline.ort_packages --expect $(ORT_PACKAGE)
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 # Debian's dataset-fashion-mnist: installed when missing and apt is usable (as root); otherwise say how.
-data:
+data: $(VENV)/.installed-$(PROFILE)
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's dataset-fashion-mnist"; \
@@ -32,12 +47,20 @@ data:
 		echo "Fashion-MNIST is missing at $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'," \
 		     "or put the four *-ubyte.gz files in a folder and pass --set data.root=FOLDER"; \
 	fi
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then $(PY) -m calib build-default; \
+	else echo "skipped the default calibration set (no Fashion-MNIST): python -m calib build-default later"; fi
 
 engine: setup
 	$(PY) -m pipeline.engine --config $(CONFIG) --run $(RUN) --target $(TARGET) --precision $(PRECISION)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# DeiT-S geometry (random weights) and the default run ($(RUN), trained by `make engine` when missing), each as
+# dense / static / tokens / combined, interleaved on ONNX Runtime CPU: bench.json, bench.md, bench.png.
+bench: setup
+	test -f $(RUN)/student.safetensors || $(MAKE) engine
+	$(PY) -m pipeline.cli bench configs/deit-s-224.yaml $(RUN) $(BENCH_ARGS) --json bench.json
 
 # libtokengate_kernels.so always; libtokengate_plugins.so too when TensorRT is found (TensorRT_ROOT=/opt/TensorRT).
 plugins:

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from pipeline.cli import main
 from tests.conftest import tiny_config

@@ -22,7 +22,7 @@ def check(target: str, flavor: str, source: Path, current: Optional[str]) -> Non
     """Refuse, before any work, a target that is not this machine's GPU (`current`, None without one)."""
     rtx = f", or --runtime tensorrt-rtx, which builds {target} on any machine" if target in targets.RTX_TARGETS else ""
     if current is None:
-        raise fail(f"TensorRT builds an engine on the GPU it is for, and this machine has no NVIDIA GPU (none "
+        raise fail("TensorRT builds an engine on the GPU it is for, and this machine has no NVIDIA GPU (none "
                    "visible to torch or nvidia-smi)", f"build on a machine with a {targets.describe(target)} GPU{rtx}")
     if current != target:
         raise fail(f"TensorRT builds for the GPU it runs on, {targets.describe(current)} here, not {target}",

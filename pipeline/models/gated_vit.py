@@ -20,7 +20,7 @@ from pipeline.errors import fail
 from pipeline.flops import Geometry, embed_and_head_macs, layer_macs, tokens_per_layer
 from pipeline.models import token_ops
 from pipeline.models.gates import GroupGates, StaticGates, combine
-from pipeline.models.layers import BlockGates, GatedBlock, remove_attention, remove_mlp, slice_channels, slice_heads
+from pipeline.models.layers import BlockGates, remove_attention, remove_mlp, slice_channels, slice_heads
 from pipeline.models.select_op import SELECT_IMPLS, select_tokens
 
 
