@@ -1,0 +1,136 @@
+"""The fixed-keep-rate top-k baseline (EViT / DynamicViT style) at a given GFLOPs: every image keeps exactly k_s
+patch tokens at stage s, ranked by the same scores the thresholds use.
+
+Its cost is the same for every image, so matching a target is arithmetic; only the split across stages needs data.
+For a fair comparison it gets the same search as the thresholds: the same profiles (stage s keeps the share
+t ** w_s of the previous stage's count, rounded), the cost matched per profile, and the minimum-KL split chosen on
+the same calibration set. The uniform profile (one rate at every stage) is EViT's own schedule, reported too.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from pipeline.errors import fail
+from pipeline.models import GatedViT
+
+from calib.cost import cost_ratio
+from calib.search import BISECTION_STEPS, kl_to_dense, neighbours, simplex_grid
+from calib.staged import StagedForward
+
+MATCH_TOLERANCE = 0.005  # a fixed setting counts as "the same GFLOPs" within this fraction of dense
+
+
+@dataclass(frozen=True)
+class FixedTrial:
+    profile: tuple[float, ...]
+    counts: tuple[int, ...]  # patch tokens kept at each stage
+    rates: tuple[float, ...]  # counts[s] / counts[s - 1] (the first over all patches)
+    ratio: float
+    kl: float
+    agreement: float
+
+
+@dataclass
+class BaselineResult:
+    target: float
+    best: FixedTrial
+    uniform: Optional[FixedTrial]  # one keep rate at every stage (EViT's schedule), if it matches the cost
+    trials: list[FixedTrial]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "best": asdict(self.best),
+                "uniform": None if self.uniform is None else asdict(self.uniform),
+                "profiles": [asdict(t) for t in self.trials]}
+
+
+def counts_for(profile: tuple[float, ...], knob: float, num_patches: int) -> tuple[int, ...]:
+    """Patch tokens per stage: the share knob ** w_s of the previous stage's count, at least 1."""
+    counts, previous = [], num_patches
+    for w in profile:
+        share = knob ** w if w > 0 else 1.0
+        previous = max(1, min(previous, int(round(share * previous))))
+        counts.append(previous)
+    return tuple(counts)
+
+
+def fixed_model(model: GatedViT, counts: tuple[int, ...]) -> GatedViT:
+    """A copy of `model` that keeps exactly counts[s] patches at stage s (the thresholds are ignored)."""
+    return copy.deepcopy(model).set_select("fixed", caps=list(counts))
+
+
+class FixedRateSearch:
+    def __init__(self, model: GatedViT, images: torch.Tensor, dense_logits: torch.Tensor, reference_macs: float,
+                 batch_size: int = 256):
+        self.model = fixed_model(model, tuple([model.geometry().num_patches] * len(model.stages)))
+        self.forward = StagedForward(self.model, images, batch_size)
+        self.dense_logits = dense_logits
+        self.reference = reference_macs
+        self.num_patches = self.model.geometry().num_patches
+
+    def ratio(self, counts: tuple[int, ...]) -> float:
+        lengths = torch.tensor([[self.model.num_prefix + k for k in counts]], dtype=torch.float64)
+        return cost_ratio(self.model, lengths, self.reference)
+
+    def closest(self, profile: tuple[float, ...], target: float) -> tuple[int, ...]:
+        """The counts on this profile whose cost is nearest the target (bisection on the knob)."""
+        lo, hi = 0.0, 1.0
+        below, above = counts_for(profile, lo, self.num_patches), counts_for(profile, hi, self.num_patches)
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            counts = counts_for(profile, mid, self.num_patches)
+            if self.ratio(counts) <= target:
+                lo, below = mid, counts
+            else:
+                hi, above = mid, counts
+        best = min((below, above), key=lambda c: abs(self.ratio(c) - target))
+        # The last stage has the finest cost step: trim it so the cost lands within half a token of the target.
+        ceiling = best[-2] if len(best) > 1 else self.num_patches
+        options = [(*best[:-1], k) for k in range(1, ceiling + 1)]
+        return min(options, key=lambda c: abs(self.ratio(c) - target))
+
+    def tolerance(self) -> float:
+        """MATCH_TOLERANCE, or half the cost of one token at the last stage where whole tokens are coarser."""
+        last = len(self.model.stages) - 1
+        full = [self.num_patches] * len(self.model.stages)
+        one_less = [*full[:last], self.num_patches - 1]
+        return max(MATCH_TOLERANCE, (self.ratio(tuple(full)) - self.ratio(tuple(one_less))) / 2 + 1e-9)
+
+    def measure(self, profile: tuple[float, ...], counts: tuple[int, ...]) -> FixedTrial:
+        self.model.set_select("fixed", caps=list(counts))
+        out = self.forward.run(lambda s, pooled: 0.0)
+        previous = [self.num_patches, *counts[:-1]]
+        return FixedTrial(profile=tuple(profile), counts=counts, rates=tuple(k / p for k, p in zip(counts, previous)),
+                          ratio=self.ratio(counts), kl=kl_to_dense(out.logits, self.dense_logits),
+                          agreement=float((out.logits.argmax(-1) == self.dense_logits.argmax(-1)).double().mean()))
+
+    def search(self, target: float, steps: int = 6, progress: bool = True) -> BaselineResult:
+        """Min-KL fixed counts among the profiles whose cost matches `target` within `tolerance()`."""
+        stages = len(self.model.stages)
+        trials: dict[tuple[int, ...], FixedTrial] = {}
+        tolerance = self.tolerance()
+
+        def fit(profiles, desc):
+            for profile in tqdm(profiles, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+                counts = self.closest(profile, target)
+                if abs(self.ratio(counts) - target) <= tolerance and counts not in trials:
+                    trials[counts] = self.measure(profile, counts)
+
+        fit(simplex_grid(stages, steps), f"fixed-rate {target:.3f}")
+        if not trials:
+            raise fail(f"no fixed keep counts cost {target:.3f} of dense within {tolerance:.3f}",
+                       "the budget is too close to the floor or to dense for whole-token counts; pick another budget")
+        best = min(trials.values(), key=lambda t: t.kl)
+        if stages > 1:
+            fit(neighbours(best.profile, 2 * steps), "fixed-rate refine")
+            best = min(trials.values(), key=lambda t: t.kl)
+        uniform_profile = tuple([1.0 / stages] * stages)
+        uniform_counts = self.closest(uniform_profile, target)
+        uniform = None
+        if abs(self.ratio(uniform_counts) - target) <= tolerance:
+            uniform = trials.get(uniform_counts) or self.measure(uniform_profile, uniform_counts)
+        return BaselineResult(target=target, best=best, uniform=uniform, trials=list(trials.values()))

@@ -1,0 +1,152 @@
+"""`tokengate calibrate`: fit thresholds to one or more GFLOPs budgets, compare with fixed-rate top-k at the same
+cost, and write a run directory that the rest of the pipeline treats like a trained one."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from pipeline.config import replace
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import fail
+from pipeline.evaluate import EvalResult, evaluate
+from pipeline.models import GatedViT, build_student
+from pipeline.train.trainer import compare
+
+from calib.baseline import BaselineResult, FixedRateSearch, fixed_model
+from calib.cost import check_budget, check_reachable, cost_ratio, floor_ratio, reference_macs
+from calib.inputs import model_inputs
+from calib.run_dir import prepare_out, write_run
+from calib.search import SearchResult, ThresholdSearch
+from calib.sets import CalibSet
+from calib.source import Source
+
+
+@dataclass
+class Point:
+    """One budget: the search on the calibration set, and both models measured on the validation split."""
+
+    search: SearchResult
+    val: EvalResult
+    fixed: Optional[BaselineResult] = None
+    fixed_val: Optional[EvalResult] = None
+    uniform_val: Optional[EvalResult] = None
+
+    def to_dict(self, dense: EvalResult) -> dict:
+        best = self.search.best
+        row = {"budget": self.search.budget, "thresholds": list(best.thresholds), "profile": list(best.profile),
+               "calib_gflops_ratio": best.ratio, "calib_kl": best.kl, "calib_agreement": best.agreement,
+               "top1": self.val.top1, "gflops_ratio": self.val.gflops / dense.gflops, "mean_kept": self.val.mean_kept}
+        if self.fixed is not None:
+            row["fixed"] = _fixed_row(self.fixed.best, self.fixed_val, dense)
+            row["fixed_uniform"] = None if self.fixed.uniform is None else \
+                _fixed_row(self.fixed.uniform, self.uniform_val, dense)
+        return row
+
+
+def _fixed_row(trial, result: Optional[EvalResult], dense: EvalResult) -> dict:
+    row = {"counts": list(trial.counts), "rates": list(trial.rates), "calib_kl": trial.kl,
+           "calib_agreement": trial.agreement}
+    if result is not None:
+        row.update(top1=result.top1, gflops_ratio=result.gflops / dense.gflops)
+    return row
+
+
+def check_set_matches(cal: CalibSet, dataset: Dataset) -> None:
+    """A set built from another dataset calibrates the wrong distribution; its class names say so."""
+    if list(cal.manifest.classes) != list(dataset.class_names):
+        raise fail(f"calibration set {cal.manifest.id} has classes {cal.manifest.classes[:4]}.., the model's data "
+                   f"has {list(dataset.class_names)[:4]}..", "build a set from the model's own data: python -m calib "
+                   "build --image-folder DIR --out calib/sets/NAME (or --fashion-mnist ROOT)")
+
+
+def calibrated_config(source: Source, budget: float):
+    """The run's config: the source's, with the weights now in the run dir and no gates left to train."""
+    cfg = source.cfg
+    return replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
+                   gates=replace(cfg.gates, static=False, dynamic="none"), budget=replace(cfg.budget, target=budget))
+
+
+def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Sequence[float] = (),
+              baseline: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True) -> dict:
+    """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content."""
+    for b in (budget, *sweep):
+        check_budget(b)
+    notes = prepare_out(out, Path(source.origin["run"]) if "run" in source.origin else None)
+    started = time.time()
+    cfg = calibrated_config(source, budget)
+    dataset = load_dataset(cfg.data, cfg.model)
+    check_set_matches(cal, dataset)
+    images = model_inputs(cal, cfg.model.in_chans, cfg.model.img_size, dataset.mean, dataset.std)
+    teacher = source.teacher.eval()
+    with torch.no_grad():
+        dense_logits = torch.cat([teacher.forward_dropped(chunk)[0] for chunk in images.split(batch_size)])
+    reference = reference_macs(teacher)
+    student = build_student(cfg, weights_from=teacher, static_gates=False).eval()
+    floor = floor_ratio(student, reference)
+    for b in (budget, *sweep):  # before anything slow runs
+        check_reachable(b, floor, student)
+    searcher = ThresholdSearch(student, images, dense_logits, reference, batch_size)
+    fixed_searcher = FixedRateSearch(student, images, dense_logits, reference, batch_size) if baseline else None
+    dense = evaluate(teacher, dataset, dataset.val, batch_size, desc="dense val")
+    points: dict[float, Point] = {}
+    for b in sorted({budget, *sweep}):
+        points[b] = measure_budget(searcher, fixed_searcher, student, dataset, dense, b, steps, batch_size, progress)
+    main = points[budget]
+    set_thresholds(student, main.search.best.thresholds)
+    deployed = deployed_cost(student, images, reference, batch_size)
+    if abs(deployed - main.search.best.ratio) > 1e-6:  # a token exactly at a threshold, decided by batch composition
+        notes.append(f"as deployed the thresholds cost {deployed:.4f} on the calibration set, "
+                     f"{main.search.best.ratio:.4f} in the search")
+    summary = {
+        "teacher": _row(dense), "student": _row(main.val), "student_vs_teacher": compare(dense, main.val),
+        "calibration": {
+            "method": "pooled-quantile thresholds per stage; profile grid + bisection on the knob; min KL to dense",
+            **main.to_dict(dense), "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),
+            "source": source.origin, "forwards": searcher.forwards, "seconds": round(time.time() - started, 1),
+            "sweep": [p.to_dict(dense) for p in points.values()] if sweep else [],
+        },
+    }
+    write_run(out, cfg, teacher, student, summary)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return summary
+
+
+def measure_budget(searcher: ThresholdSearch, fixed_searcher: Optional[FixedRateSearch], student: GatedViT,
+                   dataset: Dataset, dense: EvalResult, budget: float, steps: int, batch_size: int,
+                   progress: bool) -> Point:
+    result = searcher.search(budget, steps, progress)
+    set_thresholds(student, result.best.thresholds)
+    point = Point(result, evaluate(student, dataset, dataset.val, batch_size, desc=f"calibrated {budget:g} val"))
+    if fixed_searcher is not None:
+        # Same GFLOPs as the calibrated model on the data both are measured on (its cost varies with the data).
+        point.fixed = fixed_searcher.search(point.val.gflops / dense.gflops, steps, progress)
+        point.fixed_val = evaluate(fixed_model(student, point.fixed.best.counts), dataset, dataset.val, batch_size,
+                                   desc="fixed-rate val")
+        uniform = point.fixed.uniform
+        if uniform is not None:
+            point.uniform_val = point.fixed_val if uniform.counts == point.fixed.best.counts else evaluate(
+                fixed_model(student, uniform.counts), dataset, dataset.val, batch_size, desc="uniform-rate val")
+    return point
+
+
+def set_thresholds(model: GatedViT, thresholds: Sequence[float]) -> None:
+    with torch.no_grad():
+        model.thresholds.copy_(torch.tensor(list(thresholds), dtype=model.thresholds.dtype))
+
+
+@torch.no_grad()
+def deployed_cost(model: GatedViT, images: torch.Tensor, reference: float, batch_size: int) -> float:
+    """What the saved model, run as deployed (forward_dropped), costs on the calibration set: the search's number,
+    unless a score sits exactly on a threshold (the thresholds are midpoints, so that takes a 1e-7 coincidence)."""
+    lengths = torch.cat([model.forward_dropped(chunk)[1] for chunk in images.split(batch_size)])
+    return cost_ratio(model, lengths, reference)
+
+
+def _row(result: EvalResult) -> dict:
+    return {"top1": result.top1, "gflops": result.gflops, "params": result.params, "mean_kept_tokens": result.mean_kept}

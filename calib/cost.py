@@ -1,0 +1,41 @@
+"""GFLOPs (MAC convention) as a fraction of the dense teacher, and the budgets that cannot be met."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import fail
+from pipeline.flops import dense_macs
+from pipeline.models import GatedViT
+
+
+def reference_macs(teacher: GatedViT) -> float:
+    """The dense teacher's MACs per image: what every ratio is a fraction of (as in summary.json)."""
+    return float(dense_macs(teacher.geometry()))
+
+
+def cost_ratio(model: GatedViT, lengths: torch.Tensor, reference: float) -> float:
+    """Mean MACs per image from kept tokens [N, S], over the reference."""
+    return float(model.macs(lengths.double()).double().mean()) / reference
+
+
+def floor_ratio(model: GatedViT, reference: float) -> float:
+    """The least any thresholds can cost: patch embedding, head and the blocks before the first stage at every token,
+    then prefix + min_keep tokens from the first stage on."""
+    least = torch.full((1, len(model.stages)), float(model.num_prefix + model.min_keep), dtype=torch.float64)
+    return float(model.macs(least)[0]) / reference
+
+
+def check_budget(budget: float) -> None:
+    if not 0.0 < budget <= 1.0:
+        raise fail(f"budget {budget} is outside (0, 1]",
+                   "give the target GFLOPs as a fraction of dense, e.g. --budget 0.6")
+
+
+def check_reachable(budget: float, floor: float, model: GatedViT) -> None:
+    """Refuse a budget at or below what pruning can never remove, naming what that cost is made of."""
+    if budget <= floor:
+        first = model.stages[0]
+        raise fail(f"budget {budget:g} is below {floor:.3f}, the cost that no threshold removes (patch embedding, "
+                   f"head, blocks 0-{first - 1} at every token, then {model.num_prefix} prefix + {model.min_keep} "
+                   f"min_keep tokens per stage)",
+                   f"use a budget above {floor:.3f}, or prune earlier (gates.token_stages)")

@@ -1,0 +1,38 @@
+"""The console table a calibration ends with: calibrated vs fixed-rate vs dense, at matched GFLOPs."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
+    cal = summary["calibration"]
+    dense = summary["teacher"]["top1"]
+    rows = cal["sweep"] or [cal]
+    table = Table(title=f"calibrated thresholds vs fixed-rate top-k (validation split; calibration set "
+                        f"{cal['calib_set']['id']}, {cal['calib_set']['images']} images; dense top-1 {dense:.2f}%)")
+    for column in ("budget", "GFLOPs ratio", "top-1 calibrated", "top-1 fixed (best split)", "fixed counts",
+                   "top-1 fixed (uniform)", "KL cal / fixed", "thresholds"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        fixed, uniform = row.get("fixed"), row.get("fixed_uniform")
+        table.add_row(
+            f"{row['budget']:g}", f"{row['gflops_ratio']:.3f} (calib {row['calib_gflops_ratio']:.3f})",
+            f"{row['top1']:.2f} ({row['top1'] - dense:+.2f})",
+            _fixed(fixed), "-" if not fixed else ",".join(str(c) for c in fixed["counts"]), _fixed(uniform),
+            f"{row['calib_kl']:.3f} / {fixed['calib_kl']:.3f}" if fixed else f"{row['calib_kl']:.3f}",
+            ", ".join(f"{t:.3f}" for t in row["thresholds"]))
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep the columns readable
+    console.print(table)
+    if trained:
+        console.print(f"trained student of the source run: {trained['student']['top1']:.2f}% at "
+                      f"{trained['student_vs_teacher']['gflops_ratio']:.3f} of dense GFLOPs")
+
+
+def _fixed(row: Optional[dict]) -> str:
+    if not row or "top1" not in row:
+        return "-"
+    return f"{row['top1']:.2f} @ {row['gflops_ratio']:.3f}"

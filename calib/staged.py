@@ -1,0 +1,83 @@
+"""A GatedViT's hard-drop forward, run one pruning stage at a time over a whole calibration set.
+
+Calibration needs what `GatedViT.forward_dropped` cannot give: each stage's token scores for *all* images before
+that stage's threshold is chosen (a threshold is a quantile of the pooled scores). So this runs the model's own
+pieces (`embed`, `block_gates`, `forward_gated`, `select_tokens`, `head`) in the same order, stage-major instead of
+batch-major, and caches everything before the first stage, which no threshold changes. Its parity with
+`forward_dropped` is tested.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from pipeline.errors import fail
+from pipeline.models import GatedViT
+from pipeline.models.select_op import select_tokens
+from pipeline.models.token_ops import key_valid_from_lengths
+
+# (stage index, pooled finite scores of every valid patch token at that stage) -> the stage's threshold
+ThresholdRule = Callable[[int, torch.Tensor], float]
+
+
+@dataclass
+class _Chunk:
+    x: torch.Tensor
+    valid: Optional[torch.Tensor]
+    scores: Optional[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    logits: torch.Tensor  # [N, classes]
+    lengths: torch.Tensor  # [N, S] int32, tokens (prefix included) after each stage
+    thresholds: tuple[float, ...]
+
+
+class StagedForward:
+    """Re-runs a model from its first pruning stage under different per-stage threshold rules."""
+
+    def __init__(self, model: GatedViT, images: torch.Tensor, batch_size: int = 256):
+        if model.group_gates is not None or model.static_gates is not None:
+            raise fail("calibration works on a plain token-gated model (no static or group gates)",
+                       "calibrate a dense teacher, or a sliced student from a run with gates.dynamic=none")
+        if not model.stages:
+            raise fail("the model has no token-pruning stages, so there are no thresholds to calibrate",
+                       "set gates.token_stages (or leave it null for the default stages)")
+        self.model = model.eval()
+        with torch.no_grad():
+            self._prefix = [self._blocks(_Chunk(model.embed(chunk), None, None), 0, model.stages[0])
+                            for chunk in images.split(batch_size)]
+
+    @torch.no_grad()
+    def run(self, rule: ThresholdRule) -> StagedOutput:
+        """Choose each stage's threshold from the pooled scores, drop tokens, and go on to the next stage."""
+        model, stages = self.model, self.model.stages
+        chunks, thresholds, lengths = self._prefix, [], []
+        for s, start in enumerate(stages):
+            pooled = torch.cat([c.scores[torch.isfinite(c.scores)] for c in chunks])
+            threshold = float(rule(s, pooled))
+            thresholds.append(threshold)
+            end = stages[s + 1] if s + 1 < len(stages) else len(model.vit.blocks)
+            theta = torch.tensor(threshold, dtype=torch.float32)
+            cap = None if model.caps is None else model.caps[s]
+            next_chunks, stage_lengths = [], []
+            for c in chunks:
+                x, kept = select_tokens(c.x, c.scores, theta, model.num_prefix, model.min_keep, model.select_impl, cap)
+                next_chunks.append(self._blocks(_Chunk(x, key_valid_from_lengths(kept, x.shape[1]), None), start, end))
+                stage_lengths.append(kept)
+            chunks = next_chunks
+            lengths.append(torch.cat(stage_lengths))
+        logits = torch.cat([model.head(c.x) for c in chunks])
+        return StagedOutput(logits, torch.stack(lengths, dim=1), tuple(thresholds))
+
+    def _blocks(self, chunk: _Chunk, start: int, end: int) -> _Chunk:
+        """Blocks [start, end) exactly as forward_dropped runs them; keeps the scores the next stage needs."""
+        model, x, scores = self.model, chunk.x, chunk.scores
+        for i in range(start, end):
+            gates = model.block_gates(i, x[:, 0], None)
+            x, scores = model.vit.blocks[i].forward_gated(x, chunk.valid, None, gates, model.num_prefix,
+                                                          want_scores=i in model.score_layers)
+        return _Chunk(x, chunk.valid, scores)

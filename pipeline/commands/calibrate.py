@@ -1,0 +1,72 @@
+"""tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit token thresholds to a GFLOPs budget without training (writes a run dir)")
+    p.add_argument("model", metavar="MODEL_OR_RUN",
+                   help="a run directory (its dense teacher is calibrated) or a timm model name with --checkpoint")
+    p.add_argument("--budget", type=float, default=0.6, help="mean GFLOPs as a fraction of dense, in (0, 1] (0.6)")
+    p.add_argument("--calib-set", default=None,
+                   help="calibration set folder (default: calib/sets/fmnist-default, built by make setup)")
+    p.add_argument("--out", default=None, help="run directory to write (default: runs/<source>-calib<budget%%>)")
+    p.add_argument("--checkpoint", default=None, help="timm model name only: dense weights (.safetensors/.pth)")
+    p.add_argument("--config", default=None,
+                   help="timm model name only: YAML config for data, geometry and token stages "
+                        "(default: configs/fmnist-tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.val_limit=2000 (repeatable)")
+    p.add_argument("--sweep", default=None, help="more budgets to calibrate and compare, e.g. 0.5,0.6,0.65,0.7,0.8")
+    p.add_argument("--plot", default=None, help="accuracy vs GFLOPs plot (PNG); default OUT/calib.png with --sweep")
+    p.add_argument("--no-baseline", action="store_true", help="skip the fixed-rate top-k baseline")
+    p.add_argument("--grid", type=int, default=6, help="profile grid resolution: 1/GRID steps per stage (6)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.errors import fail
+
+    from calib.calibrate import calibrate
+    from calib.cost import check_budget
+    from calib.plot import plot_calibration
+    from calib.report import print_calibration
+    from calib.sets import load_set
+    from calib.source import resolve_source
+
+    check_budget(args.budget)  # before anything is loaded
+    sweep = _budgets(args.sweep)
+    if args.grid < 1 or args.batch_size < 1:
+        raise fail("--grid and --batch-size must be positive", "use e.g. --grid 6 --batch-size 256")
+    cal = load_set(args.calib_set)
+    source = resolve_source(args.model, args.checkpoint, args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{source.name}-calib{round(args.budget * 100)}"
+    summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline, steps=args.grid,
+                        batch_size=args.batch_size)
+    print_calibration(summary, source.trained)
+    plot = Path(args.plot) if args.plot else (out / "calib.png" if sweep else None)
+    if plot is not None:
+        plot_calibration(summary, source.trained, plot)
+        print(f"plot: {plot}")
+    print(f"run: {out} (tokengate export {out})")
+    return 0
+
+
+def _budgets(text: str | None) -> tuple[float, ...]:
+    from pipeline.errors import fail
+
+    from calib.cost import check_budget
+
+    if not text:
+        return ()
+    try:
+        budgets = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise fail(f"--sweep {text!r} is not a comma list of numbers", "write e.g. --sweep 0.5,0.6,0.7") from None
+    for b in budgets:
+        check_budget(b)
+    return budgets

@@ -1,0 +1,48 @@
+"""The fixed-keep-rate top-k baseline: its cost matches the target and every image keeps exactly k_s patches."""
+import pytest
+import torch
+
+from calib.baseline import FixedRateSearch, counts_for, fixed_model
+from calib.cost import cost_ratio, reference_macs
+from calib.inputs import model_inputs
+from pipeline.data import load_dataset
+from pipeline.models import load_student, load_teacher
+
+
+@pytest.fixture(scope="module")
+def setup(small_run, calib_set):
+    cfg, run = small_run
+    teacher, student = load_teacher(run, cfg), load_student(run, cfg)
+    data = load_dataset(cfg.data, cfg.model)
+    images = model_inputs(calib_set, 1, 28, data.mean, data.std)
+    with torch.no_grad():
+        dense = teacher.forward_dropped(images)[0]
+    return student, images, dense, reference_macs(teacher)
+
+
+def test_counts_follow_the_profile():
+    assert counts_for((1.0, 0.0), 0.5, 16) == (8, 8)  # all pruning at the first stage
+    assert counts_for((0.5, 0.5), 0.25, 16) == (8, 4)  # the same rate 0.5 at both stages
+    assert counts_for((0.5, 0.5), 0.0, 16) == (1, 1)  # never below one patch
+    assert counts_for((0.5, 0.5), 1.0, 16) == (16, 16)
+
+
+@pytest.mark.parametrize("target", [0.7, 0.8])
+def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target):
+    student, images, dense, reference = setup
+    search = FixedRateSearch(student, images, dense, reference)
+    result = search.search(target, steps=3, progress=False)
+    best = result.best
+    assert search.tolerance() < 0.01, "16 patches: half a last-stage token is under 1% of dense"
+    assert abs(best.ratio - target) <= search.tolerance(), best
+    assert best.kl == min(t.kl for t in result.trials)
+    model = fixed_model(student, best.counts)
+    with torch.no_grad():
+        lengths = model.forward_dropped(images)[1]
+    expected = torch.tensor([student.num_prefix + k for k in best.counts], dtype=lengths.dtype)
+    assert torch.equal(lengths, expected.expand_as(lengths)), "every image keeps exactly P + k_s tokens"
+    assert cost_ratio(model, lengths, reference) == pytest.approx(best.ratio, abs=1e-9)
+    assert student.select_impl == "op", "the baseline works on a copy; the calibrated model is untouched"
+    if result.uniform is not None:
+        rates = result.uniform.rates
+        assert max(rates) - min(rates) <= 0.2, "EViT's schedule: about one rate at every stage"
