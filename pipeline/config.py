@@ -183,6 +183,28 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """How `tokengate bench` turns a config (not a trained run) into its dense/static/tokens/combined models."""
+
+    keep_ratios: tuple[float, ...] = (0.7, 0.49, 0.34)  # cumulative share of patch tokens kept after each stage
+    heads_fraction: float = 0.75  # static and combined models: attention heads kept per layer
+    mlp_fraction: float = 0.75  # ... and MLP hidden channels kept per layer
+    images: Literal["sample-photos", "val"] = "sample-photos"  # timing / threshold-fitting images
+    num_images: int = 96
+    seed: int = 0  # random weights and crops
+
+    def __post_init__(self) -> None:
+        ratios = list(self.keep_ratios)
+        if not ratios or any(not 0 < r <= 1 for r in ratios) or ratios != sorted(ratios, reverse=True):
+            raise fail(f"bench.keep_ratios={ratios} must be non-increasing shares in (0, 1]", "e.g. [0.7, 0.49, 0.34]")
+        for name in ("heads_fraction", "mlp_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise fail(f"bench.{name}={getattr(self, name)} is outside (0, 1]", f"e.g. bench.{name}: 0.75")
+        if self.num_images < 1:
+            raise fail(f"bench.num_images={self.num_images} must be positive", "e.g. bench.num_images: 96")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; written to runs/NAME/config.json."""
 
@@ -194,6 +216,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

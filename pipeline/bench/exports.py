@@ -1,0 +1,86 @@
+"""Each bench model is exported to ONNX once, into a cache folder keyed by its weights, thresholds and flavor.
+
+Flavors: the exporter's own (`dense` for the models without token stages; `native`, `capped`, `plugin` for the
+gated ones) plus the packed layout of `packed.py` with standard-op selection (`packed`) or the fused TokenSelect
+node (`packed-plugin`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import torch
+
+from pipeline.artifacts import atomic_path
+from pipeline.config import Config
+from pipeline.errors import fail
+from pipeline.export import schema
+from pipeline.export.metadata import ExportInfo, attach
+from pipeline.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from pipeline.models import GatedViT
+
+GATED_FLAVORS = ("native", "capped", "plugin", "packed", "packed-plugin")
+PACKED_SELECT = {"packed": "packed", "packed-plugin": "op"}
+
+
+def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[int]]) -> str:
+    """sha256 of everything the exported graph depends on: weights, stages, thresholds, flavor, caps, versions."""
+    digest = hashlib.sha256()
+    meta = {"flavor": flavor, "opset": opset, "caps": list(caps) if caps else None, "stages": list(model.stages),
+            "min_keep": model.min_keep, "thresholds": [float(t) for t in model.thresholds.detach()],
+            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 4}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for name, tensor in sorted(model.vit.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_export(model: GatedViT, label: str, flavor: str, cache: Path, cfg: Config, opset: int = 20,
+                  caps: Optional[Sequence[int]] = None) -> tuple[Path, bool]:
+    """The ONNX file of `model` in `flavor`, exported now if the cache lacks it; returns (path, was_cached)."""
+    flavor = flavor if model.stages else "dense"
+    if model.stages and flavor not in GATED_FLAVORS:
+        raise fail(f"unknown bench flavor {flavor!r}", f"use one of {', '.join(GATED_FLAVORS)}")
+    path = Path(cache) / f"{label}.{flavor}.{model_key(model, flavor, opset, caps)[:16]}.onnx"
+    if path.is_file():
+        return path, True
+    info = ExportInfo(
+        flavor=flavor, model="teacher" if label == "dense" else "student", config=cfg.to_dict(),
+        stages=list(model.stages), thresholds=[float(t) for t in model.thresholds.detach()], min_keep=model.min_keep,
+        num_prefix=model.num_prefix, caps=list(caps) if caps else None, truncation_rate=None,
+        input_shape=[cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size], opset=opset, run_dir=str(cache),
+    )
+    if flavor in PACKED_SELECT:
+        export_packed(model, path, info, opset, PACKED_SELECT[flavor])
+    else:
+        export_onnx(model, flavor, path, info, opset, caps)
+    return path, False
+
+
+def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, select: str) -> Path:
+    """Export `PackedForward(model, select)` with the same exporter settings as `export_onnx` (dynamic batch)."""
+    from pipeline.bench.packed import PackedForward
+
+    model = copy.deepcopy(model).eval()
+    schema.register_schema()
+    images = torch.randn(2, *info.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            PackedForward(model, select), (images,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
+            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx},
+        )
+    proto = program.model_proto
+    attach(proto, info)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=False)
+    return path

@@ -1,0 +1,160 @@
+"""The packed token layout of DESIGN.md §3, prototyped over a GatedViT's own layers (no weights copied).
+
+After the first token stage the residual stream is kept as packed rows [sum_b L_b, C]: the kept tokens of every
+sample, one after the other, with no padding. Everything that acts per token (LayerNorms, qkv, proj, the MLP: about
+85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Only attention needs
+the per-sample view [B, K, C] (K = the batch's largest kept count): one gather before it, one after.
+
+Three choices make the layout cheap on ONNX Runtime's CPU provider (each measured, see the bench note):
+- padded positions of the per-sample view gather their sample's class-token row instead of a zero row: their keys
+  are masked and their query rows are dropped, so any finite value works, and no [R + 1, D] concatenation is needed;
+- attention masks padded keys with one additive float bias per stage ([B, 1, 1, K]: 0, or MASK_BIAS = -50 at
+  padding). A boolean mask makes the exporter add an IsNaN + Where pass over every [B, H, K, K] attention matrix to
+  guard rows with no valid key, which cannot happen here (the prefix is always valid). And -inf is slow: ONNX
+  Runtime's CPU Softmax takes 2.7x as long on rows where a third of the entries are -inf (any entry more than ~87
+  below the row maximum leaves its fast exp path). A padded key is a copy of its sample's class-token key, so its
+  logit is at most the row maximum and -50 leaves it a weight below e^-50 = 2e-22 of the largest: zero in fp32
+  arithmetic, and batch invariance holds (tested at 1e-5);
+- selection (`select="packed"`) computes the model's keep mask (score > threshold, topped up to min_keep) and gathers
+  the kept rows straight from the packed rows, in order: the compaction of `token_ops.compact_kept` without the
+  padded intermediate. With min_keep = 1 the top-up is an ArgMax (first index on ties, NaN as -inf, exactly
+  `token_ops.top_rank_mask(scores, 1)`) instead of the O(N^2) pairwise ranking. `select="op"` runs the fused
+  TokenSelect op on the per-sample view instead (the plugin flavor's node) and packs its output.
+
+`PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
+up to float rounding (tests/bench/test_bench_packed.py), and exports with the same dynamo exporter.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models import GatedViT, token_ops
+from pipeline.models.layers import GatedAttention, GatedBlock
+from pipeline.models.select_op import select_tokens
+
+SELECTS = ("packed", "op")
+MASK_BIAS = -50.0  # added to the attention logits of padded keys; see the module docstring
+
+
+class Layout(NamedTuple):
+    """Where each sample's tokens live in the packed rows."""
+
+    valid: torch.Tensor  # [B, K] bool: position j of sample b holds a token
+    index: torch.Tensor  # [B, K] int64: the packed row of each position; padding repeats the sample's first row
+    flat: torch.Tensor  # [R] int64: each packed row's position b * K + j in the per-sample view
+    bias: torch.Tensor  # [B, 1, 1, K] float: 0 for valid keys, MASK_BIAS for padding
+
+
+def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
+    """The packed layout of samples holding lengths[b] leading tokens out of `width` positions."""
+    valid = token_ops.key_valid_from_lengths(lengths, width)
+    flat_valid = valid.reshape(-1)
+    flat = flat_valid.nonzero().squeeze(1)
+    rows = (flat_valid.cumsum(0) - 1).reshape(valid.shape)
+    index = torch.where(valid, rows, rows[:, :1])
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, MASK_BIAS)
+    return Layout(valid, index, flat, bias[:, None, None, :])
+
+
+def to_padded(rows: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """[R, D] packed rows -> [B, K, D]; padded positions hold a copy of their sample's first row."""
+    return rows[layout.index]
+
+
+def to_packed(padded: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """[B, K, D] -> [R, D]: the valid positions' rows, sample after sample."""
+    return padded.reshape(-1, padded.shape[-1])[layout.flat]
+
+
+def keep_mask(scores: torch.Tensor, threshold: torch.Tensor, min_keep: int) -> torch.Tensor:
+    """`token_ops.keep_mask`, with an O(N) top-up for min_keep = 1 (ArgMax takes the first index on ties)."""
+    if min_keep != 1:
+        return token_ops.keep_mask(scores, threshold, min_keep)
+    best = torch.nan_to_num(scores, nan=float("-inf")).argmax(dim=1, keepdim=True)
+    top = torch.zeros_like(scores, dtype=torch.bool).scatter(1, best, True)
+    return (scores > threshold) | top
+
+
+def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int,
+                     want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """GatedAttention.forward_gated at inference (no gates), with qkv and proj on packed rows."""
+    batch, width = layout.valid.shape
+    qkv = to_padded(attn.qkv(h), layout)
+    qkv = qkv.reshape(batch, width, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias.to(q.dtype))
+    scores = None
+    if want_scores:
+        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, layout.valid)
+        scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
+    out = to_packed(out.transpose(1, 2).reshape(batch, width, attn.attn_dim), layout)
+    return attn.proj_drop(attn.proj(out)), scores
+
+
+def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_prefix: int,
+                 want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """GatedBlock.forward_gated at inference on packed rows; removed sub-blocks (None) are skipped as there."""
+    scores = None
+    if block.attn is not None:
+        a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores)
+        rows = rows + block.drop_path1(block.ls1(a))
+    if block.mlp is not None:
+        rows = rows + block.drop_path2(block.ls2(block.mlp(block.norm2(rows))))
+    return rows, scores
+
+
+class PackedForward(nn.Module):
+    """`forward_dropped` with the packed layout from the first token stage on (inference, no gates)."""
+
+    def __init__(self, model: GatedViT, select: str = "packed"):
+        super().__init__()
+        if model.static_gates is not None or model.group_gates is not None:
+            raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
+        if not model.stages:
+            raise ValueError("the packed layout needs at least one token stage")
+        if select not in SELECTS:
+            raise ValueError(f"select must be one of {SELECTS}")
+        self.model, self.select = model, select
+        self.eval()  # inference only: dropout and drop-path off, and the exporter sees eval mode
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        blocks, stages, prefix = m.vit.blocks, m.stages, m.num_prefix
+        x = m.embed(images)
+        scores: Optional[torch.Tensor] = None
+        for i in range(stages[0]):  # every token is kept before the first stage: the plain dense layout
+            x, scores = blocks[i].forward_gated(x, None, None, m.block_gates(i, x[:, 0], None), prefix,
+                                                want_scores=i in m.score_layers)
+        rows, layout, kept = x.reshape(-1, x.shape[-1]), None, []
+        for i in range(stages[0], len(blocks)):
+            if i in stages:
+                rows, layout = self._select(rows, layout, scores, stages.index(i), x.shape[1])
+                kept.append(layout.valid.sum(dim=1).to(torch.int32))
+            rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers)
+        return m.head(rows[layout.index[:, :prefix]]), torch.stack(kept, dim=1)
+
+    def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
+                tokens: int) -> tuple[torch.Tensor, Layout]:
+        """Keep the stage's tokens: new packed rows and their layout."""
+        m = self.model
+        batch = scores.shape[0]
+        if self.select == "op":
+            padded = rows.reshape(batch, tokens, -1) if layout is None else to_padded(rows, layout)
+            y, lengths = select_tokens(padded, scores, m.thresholds[stage], m.num_prefix, m.min_keep, "op")
+            new = layout_from_lengths(lengths, y.shape[1], rows.dtype)
+            return to_packed(y, new), new
+        keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
+        mask = torch.cat([keep.new_ones(batch, m.num_prefix), keep], dim=1)  # positions of the per-sample view
+        chosen = mask.reshape(-1).nonzero().squeeze(1)
+        source = chosen if layout is None else layout.index.reshape(-1)[chosen]
+        lengths = mask.sum(dim=1)
+        width = lengths.max().item()  # a data-dependent size, as in select_op's native flavor
+        torch._check(width >= m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
+        torch._check(width <= mask.shape[1])
+        new = layout_from_lengths(lengths, width, rows.dtype)
+        return rows[source], new

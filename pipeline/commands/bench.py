@@ -1,0 +1,70 @@
+"""tokengate bench RUN_OR_CONFIG [MORE ...] [--runtime R] [--batch-sizes 1,8,32] [--rounds N] [--json F] [--md F]
+[--plot F]
+
+With several targets, bench.json holds the first one's report (the issue's schema) and the others' reports, in the
+same schema, under "other_targets"; bench.md has one section and bench.png one panel per target.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.runners.base import RUNTIMES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="dense vs static vs token-gated vs combined speed, interleaved in one run")
+    p.add_argument("targets", metavar="RUN_OR_CONFIG", nargs="+",
+                   help="a run directory (teacher + student), or a YAML config such as configs/deit-s-224.yaml; "
+                        "several are benched one after the other")
+    p.add_argument("--runtime", default="ort-cpu",
+                   help=f"one of {', '.join(RUNTIMES)} (onnxruntime = ort-cpu); default ort-cpu")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma list (default 1,8,32)")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds, every model in each (default 10)")
+    p.add_argument("--flavor", default=None,
+                   help="how the gated models are exported: packed (default on ort-cpu: packed rows, native "
+                        "selection), packed-plugin, native, capped, plugin; torch: padded (default) or packed")
+    p.add_argument("--images", type=int, default=None,
+                   help="images to calibrate on and time (default: bench.num_images of a config, 256 for a run)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per model and batch size")
+    p.add_argument("--min-round", type=float, default=0.3,
+                   help="seconds the dense model runs per round and batch size (sets the batches per round)")
+    p.add_argument("--top1-limit", type=int, default=0, help="top-1 on a stratified subset of N images (0 = all)")
+    p.add_argument("--cache", default=None, help="folder for the exported models (default RUN/bench_cache, or "
+                                                  "runs/bench_cache/NAME for a config)")
+    p.add_argument("--json", dest="json_path", default="bench.json", help="report (default bench.json)")
+    p.add_argument("--md", dest="md_path", default=None, help="markdown tables (default: next to --json, .md)")
+    p.add_argument("--plot", dest="plot_path", default=None, help="PNG (default: next to --json, .png)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.artifacts import write_json, write_text
+    from pipeline.bench.plot import plot_bench
+    from pipeline.bench.report import markdown
+    from pipeline.bench.run import BenchOptions, run_bench
+    from pipeline.errors import fail
+
+    try:
+        sizes = tuple(int(v) for v in args.batch_sizes.split(",") if v.strip())
+    except ValueError:
+        raise fail(f"--batch-sizes {args.batch_sizes!r} is not a comma list of integers", "e.g. --batch-sizes 1,8,32") \
+            from None
+    opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavor=args.flavor,
+                        cache=Path(args.cache) if args.cache else None, threads=args.threads, warmup_s=args.warmup,
+                        min_round_s=args.min_round, images=args.images, top1_limit=args.top1_limit,
+                        show=not args.quiet)
+    reports = [run_bench(target, opts) for target in args.targets]
+    json_path = Path(args.json_path)
+    md_path = Path(args.md_path) if args.md_path else json_path.with_suffix(".md")
+    plot_path = Path(args.plot_path) if args.plot_path else json_path.with_suffix(".png")
+    write_json(json_path, dict(reports[0], other_targets=reports[1:]) if len(reports) > 1 else reports[0])
+    text = "\n".join(markdown(report) for report in reports)
+    write_text(md_path, text)
+    plot_bench(reports, plot_path)
+    print(text)
+    print(f"wrote {json_path}, {md_path}, {plot_path}")
+    return 0

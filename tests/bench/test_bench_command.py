@@ -1,0 +1,82 @@
+"""`tokengate bench` end to end on a tiny untrained run (torch runtime, one round): the JSON schema and its
+arithmetic, not timings. The ONNX Runtime path (exports, profiler) is the slow test at the end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import make_run, tiny_config
+
+MODELS = {"dense", "static", "tokens", "combined"}
+ROW_TYPES = {"model": str, "batch": int, "gflops_per_image": float, "throughput_img_s": float,
+             "latency_ms_p50": float, "latency_ms_p90": float}
+REL = 1e-9  # the report's own arithmetic, recomputed
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, fmnist_root):
+    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3], "init_threshold": 1.0})
+    return make_run(tmp_path_factory.mktemp("bench_run"), cfg)
+
+
+def _bench(run, out, *extra):
+    code = main(["bench", str(run), "--batch-sizes", "1,3", "--rounds", "1", "--warmup", "0", "--min-round", "0",
+                 "--images", "12", "--json", str(out), "--quiet", *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def check_schema(report: dict, batches: list[int]) -> None:
+    assert isinstance(report["runtime"], str) and isinstance(report["device"], str)
+    assert {(r["model"], r["batch"]) for r in report["rows"]} == {(m, b) for m in MODELS for b in batches}
+    for row in report["rows"]:
+        for key, kind in ROW_TYPES.items():
+            assert isinstance(row[key], kind), key
+        assert row["top1"] is None or isinstance(row["top1"], float)
+    expected_keys = {f"{m}@{b}" for m in MODELS for b in batches}
+    assert set(report["speedup_vs_dense"]) == expected_keys == set(report["speedup_efficiency"])
+
+
+def check_arithmetic(report: dict) -> None:
+    rows = {(r["model"], r["batch"]): r for r in report["rows"]}
+    for (model, batch), row in rows.items():
+        dense = rows[("dense", batch)]
+        key = f"{model}@{batch}"
+        assert row["throughput_img_s"] == pytest.approx(batch * 1000 / row["latency_ms_p50"], rel=REL)
+        speedup = dense["latency_ms_p50"] / row["latency_ms_p50"]
+        assert report["speedup_vs_dense"][key] == pytest.approx(speedup, rel=REL)
+        flops_ratio = dense["gflops_per_image"] / row["gflops_per_image"]
+        assert report["speedup_efficiency"][key] == pytest.approx(speedup / flops_ratio, rel=REL)
+        assert row["latency_ms_p90"] >= row["latency_ms_p50"]
+
+
+def test_bench_torch_smoke(bench_run, tmp_path):
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch")
+    check_schema(report, [1, 3])
+    check_arithmetic(report)
+    gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
+    assert gflops["tokens"] < gflops["dense"] and gflops["combined"] < gflops["dense"]  # the stages drop tokens
+    assert all(r["top1"] is not None for r in report["rows"])  # a run has validation data
+    models = report["models"]
+    assert models["tokens"]["keep_ratios"] == pytest.approx(models["combined"]["keep_ratios"], abs=1 / 12 + 1e-9)
+    assert (tmp_path / "bench.md").read_text().count("| combined |") == 2
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
+    assert main(["bench", str(bench_run), "--batch-sizes", "1,x", "--json", str(tmp_path / "b.json")]) == 2
+    assert main(["bench", str(tmp_path / "missing"), "--json", str(tmp_path / "b.json")]) == 2
+    assert main(["bench", str(bench_run), "--runtime", "torch", "--flavor", "capped"]) == 2
+    assert "Fix:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_onnxruntime_profiles_token_select(bench_run, tmp_path):
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "ort-cpu", "--cache", str(tmp_path / "cache"))
+    check_schema(report, [1, 3])
+    check_arithmetic(report)
+    for key in ("tokens@1", "tokens@3", "combined@1", "combined@3"):
+        assert 0 < report["tokenselect_share"][key] < 1
+        assert report["profile"][key]["stages_found"] == 2

@@ -1,0 +1,59 @@
+"""The packed layout: same logits and kept tokens as forward_dropped, batch invariant, exact gathers."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.bench.packed import MASK_BIAS, PackedForward, keep_mask, layout_from_lengths, to_packed, to_padded
+from pipeline.models import GatedViT, Structure, build_teacher, token_ops
+from tests.conftest import tiny_config
+
+TOL = 1e-5  # fp32, the same ops in another order
+
+
+def test_layout_round_trip():
+    lengths = torch.tensor([3, 1, 2])
+    layout = layout_from_lengths(lengths, 3)
+    assert layout.flat.tolist() == [0, 1, 2, 3, 6, 7]  # positions b * 3 + j of the valid tokens
+    rows = torch.arange(6, dtype=torch.float32)[:, None].expand(6, 2)
+    padded = to_padded(rows, layout)
+    assert padded[:, :, 0].tolist() == [[0, 1, 2], [3, 3, 3], [4, 5, 4]]  # padding repeats the sample's first row
+    assert layout.bias[:, 0, 0].tolist() == [[0, 0, 0], [0, MASK_BIAS, MASK_BIAS], [0, 0, MASK_BIAS]]
+    assert torch.equal(to_packed(padded, layout), rows)
+
+
+@pytest.fixture(scope="module")
+def sliced_gated(fmnist_root):
+    cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
+    teacher = build_teacher(cfg)
+    vit = copy.deepcopy(teacher.vit)
+    with torch.no_grad():
+        for block in vit.blocks:  # spread attention so the stages drop different counts per sample
+            block.attn.qkv.weight[: 2 * block.attn.attn_dim] *= 4
+    Structure(heads=(2, 1, 2, 1), mlp_hidden=(40, 64, 0, 30)).apply(vit)  # one MLP removed entirely
+    return GatedViT(vit, stages=(1, 3), init_threshold=1.0).eval()
+
+
+def test_keep_mask_argmax_top_up_equals_the_ranking():
+    scores = torch.tensor([[0.2, 0.9, 0.9, -float("inf")], [float("nan"), 0.1, 0.3, 0.3],
+                           [-float("inf"), -float("inf"), 0.5, 0.5], [float("nan")] * 4])
+    for threshold in (0.0, 0.4, 2.0):  # nothing passes at 2.0: the top-up alone decides (ties -> lower index)
+        theta = torch.tensor(threshold)
+        assert torch.equal(keep_mask(scores, theta, 1), token_ops.keep_mask(scores, theta, 1))
+    assert torch.equal(keep_mask(scores, torch.tensor(2.0), 2), token_ops.keep_mask(scores, torch.tensor(2.0), 2))
+
+
+@pytest.mark.parametrize("select", ["packed", "op"])
+def test_packed_equals_forward_dropped(sliced_gated, select):
+    model = sliced_gated
+    images = torch.randn(9, 1, 28, 28)
+    with torch.no_grad():
+        logits, kept = model.forward_dropped(images)
+        packed_logits, packed_kept = PackedForward(model, select)(images)
+        singles = torch.cat([PackedForward(model, select)(images[i:i + 1])[0] for i in range(9)])
+    assert kept.float().std(0).max() > 0  # samples keep different counts, so there is padding to remove
+    assert torch.equal(packed_kept, kept)
+    assert (packed_logits - logits).abs().max() <= TOL
+    assert (singles - packed_logits).abs().max() <= TOL  # batch invariance

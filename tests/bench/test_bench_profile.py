@@ -1,0 +1,78 @@
+"""TokenSelect attribution: which nodes of a graph are the selection / the scores, and their share of a profile."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.bench.profile import parse_profile, selection_regions
+from tests.onnx_models import token_select_graph
+
+
+def _stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
+    """block compute (MatMul) -> scores (ReduceMean, Div) -> S > theta -> mask the tokens -> LayerNormalization."""
+    c = lambda name, value: numpy_helper.from_array(np.array(value, np.float32), f"{prefix}{name}")  # noqa: E731
+    inits = [c("w", np.eye(4)), c("two", 2.0), c("theta", theta), c("zero", 0.0), c("ninf", -np.inf)]
+    n = lambda op, ins, outs, **kw: helper.make_node(op, [f"{prefix}{i}" if i not in (x,) else i for i in ins],  # noqa
+                                                     [f"{prefix}{o}" for o in outs], name=f"{prefix}{outs[0]}", **kw)
+    nodes = [
+        n("MatMul", [x, "w"], ["h"]),
+        n("ReduceMean", ["h"], ["raw"], axes=[2], keepdims=0),
+        n("Div", ["raw", "two"], ["scores"]),
+        n("Greater", ["scores", "theta"], ["keep"]),
+        n("Where", ["keep", "scores", "ninf"], ["ranked"]),  # a copy of S (as in the capped re-ranking)
+        n("Greater", ["ranked", "zero"], ["positive"]),  # compares the copy with a constant: not a stage of its own
+        n("And", ["keep", "positive"], ["kept"]),
+        n("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
+        n("Unsqueeze", ["mask", "axis"], ["mask3"]),
+        n("Mul", ["h", "mask3"], ["y"]),
+        n("LayerNormalization", ["y", "gamma"], ["normed"], axis=-1),
+    ]
+    inits += [numpy_helper.from_array(np.array([2], np.int64), f"{prefix}axis"), c("gamma", np.ones(4))]
+    return nodes, inits, f"{prefix}normed"
+
+
+def two_stage_graph() -> onnx.ModelProto:
+    nodes1, inits1, out1 = _stage("a_", "x", 1.0)
+    nodes2, inits2, out2 = _stage("b_", out1, 0.5)
+    graph = helper.make_graph(nodes1 + nodes2, "two_stages",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 4])],
+                              [helper.make_tensor_value_info(out2, TensorProto.FLOAT, ["B", 5, 4])], inits1 + inits2)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_standard_op_regions_find_each_stage():
+    regions = selection_regions(two_stage_graph())
+    assert regions.stages == 2
+    for p in ("a_", "b_"):
+        assert {f"{p}{n}" for n in ("keep", "ranked", "positive", "kept", "mask", "mask3", "y")} <= regions.select
+        assert {f"{p}raw", f"{p}scores"} <= regions.scores
+        assert not {f"{p}h", f"{p}normed"} & (regions.select | regions.scores)  # block compute is neither
+
+
+def test_fused_node_is_the_selection():
+    model = token_select_graph(num_prefix=1, min_keep=1)
+    model.graph.node[0].name = "select"
+    regions = selection_regions(model)
+    assert regions.stages == 1 and regions.select == {"select"}
+
+
+def test_profile_shares_skip_the_warm_up_run():
+    regions = selection_regions(two_stage_graph())
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 1000},  # warm-up: ignored
+        {"cat": "Node", "name": "a_keep_kernel_time", "ts": 10, "dur": 900, "args": {"op_name": "Greater"}},
+        {"cat": "Session", "name": "model_run", "ts": 2000, "dur": 200},
+        {"cat": "Node", "name": "a_h_kernel_time", "ts": 2010, "dur": 100, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "a_keep_kernel_time", "ts": 2110, "dur": 20, "args": {"op_name": "Greater"}},
+        {"cat": "Node", "name": "b_y_kernel_time", "ts": 2130, "dur": 30, "args": {"op_name": "Mul"}},
+        {"cat": "Node", "name": "a_raw_kernel_time", "ts": 2160, "dur": 10, "args": {"op_name": "ReduceMean"}},
+        {"cat": "Node", "name": "fused_by_ort_kernel_time", "ts": 2170, "dur": 40, "args": {"op_name": "Gemm"}},
+    ]
+    names = {n.name for n in two_stage_graph().graph.node}
+    shares = parse_profile(events, regions, names)
+    assert shares.select_share == pytest.approx(50 / 200, abs=1e-12)  # keep 20 + y 30 over the run's 200 us
+    assert shares.scores_share == pytest.approx(10 / 200, abs=1e-12)
+    assert shares.matched == pytest.approx(160 / 200, abs=1e-12)  # the unknown node's 40 us are not matched
+    assert shares.run_ms == pytest.approx(0.2, abs=1e-12)

@@ -1,0 +1,30 @@
+"""`tokengate visualize`: the PNG has one row per image and one column per stage after the input."""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.models import load_student
+from pipeline.visualize import figure_pixels, kept_patches
+from tests.conftest import make_run, tiny_config
+
+
+def test_visualize_writes_the_grid(tmp_path, fmnist_root):
+    cfg = tiny_config(fmnist_root)  # token stages before blocks 2 and 3
+    run = make_run(tmp_path / "run", cfg)
+    out = tmp_path / "tokens.png"
+    assert main(["visualize", str(run), "--out", str(out), "--images", "3"]) == 0
+    with Image.open(out) as image:
+        assert image.size == figure_pixels(rows=3, cols=1 + 2)
+
+
+def test_kept_patches_match_forward_dropped(tmp_path, fmnist_root):
+    cfg = tiny_config(fmnist_root)
+    model = load_student(make_run(tmp_path / "run", cfg))
+    images = torch.randn(5, 1, 28, 28)
+    masks = kept_patches(model, images)
+    with torch.no_grad():
+        lengths = model.forward_dropped(images)[1]
+    assert torch.equal(masks.sum(dim=2), lengths - model.num_prefix)
+    assert bool((masks[:, 1] <= masks[:, 0]).all())  # a later stage keeps a subset of the earlier one
