@@ -62,9 +62,23 @@ def stage_validate(args: argparse.Namespace) -> str:
         write_json(Path(args.run) / f"validate.{flavor}.json", report)
         lines.append(summary_line(report))
         failures += [f"{flavor}: {failure}" for failure in report["failures"]]
+    lines += _split_consistency(Path(args.run))
     if failures:
         raise fail("; ".join(failures), f"see the tables above and {args.run}/validate.<flavor>.json")
     return "; ".join(lines)
+
+
+def _split_consistency(run: Path) -> list[str]:
+    """Group gates trained with several sub-group split modes: USDC's batch-size table, also kept in summary.json."""
+    from pipeline.artifacts import read_json, write_json
+    from pipeline.validate.consistency import consistency, print_consistency, split_variants, summary_line
+
+    if len(split_variants(run)) < 2:
+        return []
+    report = consistency(run)
+    print_consistency(report)
+    write_json(run / "summary.json", dict(read_json(run / "summary.json"), consistency=report))
+    return [summary_line(report)]
 
 
 def stage_build(args: argparse.Namespace) -> str:

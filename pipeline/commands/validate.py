@@ -1,4 +1,8 @@
 """tokengate validate ARTIFACT [--batch-sizes 1,2,7,32,64] [--runtime R] [--data ROOT] [--limit N] [--json F]
+tokengate validate RUN --splits [--batch-sizes 1,2,8,32,64,256] [--json F]
+
+`--splits` prints the batch-size consistency table of a run trained with group gates: top-1 per batch size for each
+sub-group split variant it trained (student.split-<mode>.safetensors), and the flip rate against batch 1.
 
 Exit status: 0 when every tolerance holds, 1 when one is broken (the table says which), 2 for a user error.
 """
@@ -23,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled batch compositions")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="validate.KEY=VALUE",
                    help="override a tolerance of the recorded config, e.g. --set validate.tol_vs_torch=1e-3")
+    p.add_argument("--splits", action="store_true",
+                   help="a run with group gates: top-1 per batch size for each sub-group split variant it trained "
+                        "(default batch sizes 1,2,8,32,64,256)")
     p.add_argument("--json", dest="json_path", default=None, help="write the report here (atomically)")
     p.set_defaults(handler=run)
 
@@ -35,13 +42,29 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise fail(f"--limit {args.limit} is negative", "use 0 for the whole split or a positive count")
-    show_runtime_log()
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
+    if args.splits:
+        return _splits(args, sizes)
+    show_runtime_log()
     report = validate(args.artifact, sizes, args.runtime, args.data, args.limit, args.seed, overrides=args.overrides)
     print_report(report)
     if args.json_path:
         write_json(args.json_path, report)
     return 0 if report["passed"] else 1
+
+
+def _splits(args: argparse.Namespace, sizes) -> int:
+    from pipeline.artifacts import write_json
+    from pipeline.errors import fail
+    from pipeline.validate.consistency import CONSISTENCY_BATCH_SIZES, consistency, print_consistency
+
+    if args.runtime not in (None, "torch") or args.overrides:
+        raise fail("--splits compares the PyTorch split variants of a run", "drop --runtime and --set with --splits")
+    report = consistency(args.artifact, sizes or CONSISTENCY_BATCH_SIZES, args.data, args.limit, args.seed)
+    print_consistency(report)
+    if args.json_path:
+        write_json(args.json_path, report)
+    return 0
 
 
 def show_runtime_log() -> None:
