@@ -26,7 +26,10 @@ class Agreement:
     prediction_agreement: float  # share of images with the same top-1
     kept_count_agreement: Optional[float]  # share of (image, stage) pairs with the same kept count
     kept_count_agreement_per_stage: Optional[tuple[float, ...]]
-    kept_set_agreement: Optional[float]  # share of (image, stage) pairs with the same kept patch set
+    kept_set_agreement: Optional[float]  # share of (image, stage) pairs with exactly the same kept patch set
+    # Share of per-patch keep/drop decisions, over every (image, stage, patch), that agree: the patches either model
+    # keeps are traced back to their original grid position through the earlier stages' compactions.
+    token_agreement: Optional[float]
     batch_sizes: tuple[int, ...]
     max_abs_vs_batch1: float  # int8 model: max |logit - logit at batch 1| over every batch size
     flips_vs_batch1: int
@@ -66,10 +69,11 @@ def _run(session, images: np.ndarray, batch_size: int, extra: Sequence[str]) -> 
 
 
 def compare(fp32: str | Path, int8: str | Path, images: np.ndarray, labels: Optional[np.ndarray] = None,
-            num_prefix: int = 1, stages: int = 0, batch_sizes: Sequence[int] = (1, 7, 64),
+            num_prefix: int = 1, stages: int = 0, num_patches: int = 0, batch_sizes: Sequence[int] = (1, 7, 64),
             batch_size: int = 64) -> Agreement:
     """Run both models on `images` (float32 model inputs) and measure agreement; invariance on the int8 model.
-    `stages`: the number of pruning stages (kept sets are compared when each has its TopK)."""
+    `stages`: the number of pruning stages (kept sets are compared when each has its TopK); `num_patches`: the
+    patch grid's size, which per-token agreement is a share of (see `patch_count`)."""
     with tempfile.TemporaryDirectory(prefix="tokengate-qcheck-") as tmp:
         paths = []
         for sub, path in (("fp32", Path(fp32)), ("int8", Path(int8))):
@@ -85,21 +89,47 @@ def compare(fp32: str | Path, int8: str | Path, images: np.ndarray, labels: Opti
     pred32, pred8 = l32.argmax(-1), l8.argmax(-1)
     count_agree = None if k32 is None else float((k32 == k8).mean())
     per_stage = None if k32 is None else tuple(float(v) for v in (k32 == k8).mean(0))
-    set_agree = None
-    if extra and k32 is not None:
-        same = [[_kept(sets32[s][i], k32[i, s] - num_prefix) == _kept(sets8[s][i], k8[i, s] - num_prefix)
-                 for s in range(len(extra))] for i in range(len(images))]
-        set_agree = float(np.mean(same))
+    set_agree = token_agree = None
+    if extra and k32 is not None and num_patches:
+        kept32 = [_original_ids([sets32[s][i] for s in range(len(extra))], k32[i] - num_prefix, num_patches)
+                  for i in range(len(images))]
+        kept8 = [_original_ids([sets8[s][i] for s in range(len(extra))], k8[i] - num_prefix, num_patches)
+                 for i in range(len(images))]
+        set_agree = float(np.mean([[a == b for a, b in zip(x, y)] for x, y in zip(kept32, kept8)]))
+        token_agree = 1.0 - float(np.mean([[len(a ^ b) / num_patches for a, b in zip(x, y)]
+                                           for x, y in zip(kept32, kept8)]))
     diffs = [float(np.abs(l - reference).max()) for l in invariance] or [0.0]
     flips = sum(int((l.argmax(-1) != reference.argmax(-1)).sum()) for l in invariance)
     top = (lambda p: float((p == labels).mean() * 100)) if labels is not None else (lambda p: None)
     return Agreement(images=len(images), top1_fp32=top(pred32), top1_int8=top(pred8),
                      prediction_agreement=float((pred32 == pred8).mean()), kept_count_agreement=count_agree,
                      kept_count_agreement_per_stage=per_stage,
-                     kept_set_agreement=set_agree, batch_sizes=tuple(sorted(set(batch_sizes))),
+                     kept_set_agreement=set_agree, token_agreement=token_agree, batch_sizes=tuple(sorted(set(batch_sizes))),
                      max_abs_vs_batch1=max(diffs), flips_vs_batch1=flips)
 
 
-def _kept(order: np.ndarray, patches: int) -> frozenset:
-    """The kept patch indices of one image at one stage: the first `patches` entries of its compaction order."""
-    return frozenset(int(i) for i in order[: int(patches)])
+def patch_count(info) -> int:
+    """Patches in the grid of an exported model (its ExportInfo), from the architecture it records."""
+    from dataclasses import replace
+
+    from pipeline.models import build_teacher
+
+    cfg = info.run_config()
+    return build_teacher(replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False))).geometry().num_patches
+
+
+def _original_ids(orders: Sequence[np.ndarray], kept: Sequence[int], num_patches: int) -> list[frozenset]:
+    """Per stage, the original grid positions of one image's kept patches.
+
+    Stage s's compaction order indexes the patches that entered it (stage s-1's kept ones, in their kept order;
+    the order is as long as the batch's padded width, not the image's count), and its first `kept[s]` entries are
+    the kept patches."""
+    ids = np.arange(num_patches)
+    out = []
+    for order, count in zip(orders, kept):
+        local = np.asarray(order[: int(count)], dtype=np.int64)
+        if local.size and local.max() >= len(ids):
+            raise ValueError(f"compaction index {int(local.max())} beyond the {len(ids)} patches entering the stage")
+        ids = ids[local]
+        out.append(frozenset(int(i) for i in ids))
+    return out

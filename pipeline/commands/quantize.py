@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.export.metadata import read_info
 
     from calib.check_data import calibration_inputs, validation_inputs
-    from calib.qdq_check import compare
+    from calib.qdq_check import compare, patch_count
     from calib.quantize import PRECISIONS, import_quantizer, quantize_onnx
     from calib.sets import load_set
     from pipeline.errors import fail
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     images, labels = validation_inputs(info, args.check_images)
-    check = compare(args.onnx, result.path, images, labels, info.num_prefix, len(info.stages))
+    check = compare(args.onnx, result.path, images, labels, info.num_prefix, len(info.stages),
+                    patch_count(info))
     record = {"path": str(result.path), "calib_set": cal.manifest.id, **check.to_dict()}
     run_dir = Path(info.run_dir)
     summary = run_dir / "summary.json"
@@ -54,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
         update_summary(run_dir, "int8", {**checks, result.path.name: record})
     kept = "n/a" if check.kept_count_agreement is None else f"{check.kept_count_agreement:.2%}"
     sets = "n/a" if check.kept_set_agreement is None else f"{check.kept_set_agreement:.2%}"
+    tokens = "n/a" if check.token_agreement is None else f"{check.token_agreement:.2%}"
     print(f"check on {check.images} validation images: top-1 fp32 {check.top1_fp32:.2f}% / int8 {check.top1_int8:.2f}%"
-          f", same prediction {check.prediction_agreement:.2%}, kept counts {kept}, kept sets {sets}, "
+          f", same prediction {check.prediction_agreement:.2%}, kept counts {kept}, identical kept sets {sets}, "
+          f"per-token keep decisions {tokens}, "
           f"max |logit - batch-1 logit| {check.max_abs_vs_batch1:.2e} over batches {list(check.batch_sizes)} "
           f"({check.flips_vs_batch1} flips)")
     return 0

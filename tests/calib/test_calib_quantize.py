@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow  # exports a run (shared with test_calib_cli.py)
 
 from calib.check_data import calibration_inputs, validation_inputs
-from calib.qdq_check import compare
+from calib.qdq_check import compare, patch_count
 from calib.quantize import quantize_onnx, read_quantization
 from calib.selection_path import rounded_inputs, selection_nodes
 from pipeline.cli import main
@@ -59,11 +59,13 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
 def test_int8_stays_close_to_fp32(exported, quantized, flavor):
     info = read_info(exported[flavor])
     images, labels = validation_inputs(info)
-    check = compare(exported[flavor], quantized[flavor].path, images, labels, info.num_prefix, len(info.stages))
+    check = compare(exported[flavor], quantized[flavor].path, images, labels, info.num_prefix, len(info.stages),
+                    patch_count(info))
     assert check.top1_fp32 > 50.0, "the trained tiny model predicts (chance is 10%)"
     assert abs(check.top1_fp32 - check.top1_int8) <= TOP1_TOL, check
     assert check.prediction_agreement >= PREDICTION_MIN, check
     assert check.kept_count_agreement >= KEPT_MIN and check.kept_set_agreement >= KEPT_MIN, check
+    assert check.token_agreement >= max(KEPT_MIN, check.kept_set_agreement), check
     assert len(check.kept_count_agreement_per_stage) == len(info.stages)
     assert check.max_abs_vs_batch1 <= INVARIANCE_TOL and check.flips_vs_batch1 == 0, check
 
@@ -71,9 +73,10 @@ def test_int8_stays_close_to_fp32(exported, quantized, flavor):
 def test_agreement_of_a_model_with_itself_is_total(exported):
     info = read_info(exported["capped"])
     images, labels = validation_inputs(info, 40)
-    check = compare(exported["capped"], exported["capped"], images, labels, info.num_prefix, len(info.stages))
+    check = compare(exported["capped"], exported["capped"], images, labels, info.num_prefix, len(info.stages),
+                    patch_count(info))
     assert check.top1_fp32 == check.top1_int8 and check.prediction_agreement == 1.0
-    assert check.kept_count_agreement == 1.0 and check.kept_set_agreement == 1.0
+    assert check.kept_count_agreement == 1.0 and check.kept_set_agreement == 1.0 and check.token_agreement == 1.0
     assert check.max_abs_vs_batch1 <= INVARIANCE_TOL and check.flips_vs_batch1 == 0
 
 
@@ -108,3 +111,13 @@ def test_quantize_command_and_its_bad_inputs(exported, calib_set, tmp_path, caps
                                                                         calib_set.folder)
     with pytest.raises(TokenGateError, match="missing"):
         quantize_onnx(exported["native"], calib_set, np.zeros((1, 1, 28, 28), np.float32))
+
+
+def test_original_ids_follow_the_compactions():
+    """Stage 2 indexes stage 1's kept patches: the same local order means different grid patches."""
+    from calib.qdq_check import _original_ids
+
+    first, second = np.array([5, 2, 7, 0, 1, 3, 4, 6]), np.array([2, 0, 1, 3, 4, 5, 6, 7])
+    assert _original_ids([first, second], [3, 2], 8) == [frozenset({5, 2, 7}), frozenset({7, 5})]
+    with pytest.raises(ValueError, match="beyond the 3 patches"):
+        _original_ids([first, np.array([4, 0])], [3, 1], 8)
