@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from pipeline.errors import TokenGateError
 from onnx import helper, numpy_helper
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -84,5 +86,5 @@ def test_rejects_a_model_without_token_select(run_dir: Path, tmp_path: Path):
 def test_rejects_unexpected_outputs(tiny_plugin_model: onnx.ModelProto):
     _token_select_nodes(tiny_plugin_model)[0].output.append("extra1")
     _token_select_nodes(tiny_plugin_model)[0].output.append("extra2")
-    with pytest.raises(ValueError, match="4 outputs"):
+    with pytest.raises(TokenGateError, match="4 outputs"):
         prepare_onnx.prepare_for_tensorrt(tiny_plugin_model)
