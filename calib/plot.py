@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_png
 
 
 def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -> Path:
@@ -34,8 +34,4 @@ def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.artifacts import atomic_path
 from pipeline.config import DataConfig, ModelConfig
-from pipeline.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, Split, load_dataset
+from pipeline.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, Split, decode_image, load_dataset
 from pipeline.errors import fail
 
 from calib.manifest import Entry, Manifest, read_manifest, write_manifest
@@ -111,23 +111,12 @@ def build_image_folder(root: str | Path, size: int, per_class: int = DEFAULT_PER
     name = name or root.name
     check_classes(torch.tensor(labels, dtype=torch.long), f"{name} ({folder})")
     idx = stratified_pick(torch.tensor(labels), per_class, seed).tolist()
-    images = np.stack([_decode(paths[i], size) for i in idx]) if idx else np.zeros((0, 3, size, size), np.uint8)
+    images = np.stack([decode_image(paths[i], size) for i in idx]) if idx else np.zeros((0, 3, size, size), np.uint8)
     picked = np.asarray([labels[i] for i in idx], dtype=np.int64)
     entries = [Entry(str(paths[i].relative_to(root)), labels[i], hashlib.sha256(paths[i].read_bytes()).hexdigest())
                for i in idx]
     source = {"kind": "imagefolder", "root": str(root.resolve()), "split": folder.name, "decoded_size": size}
     return _manifest(name, source, seed, per_class, classes, images, picked, entries), images, picked
-
-
-def _decode(path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise fail(f"image {path} cannot be decoded ({type(exc).__name__})", "remove or replace the file") from None
 
 
 def _manifest(name: str, source: dict, seed: int, per_class: int, classes: list[str], images: np.ndarray,

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -51,3 +51,14 @@ def update_summary(run_dir: str | Path, key: str, value: Any) -> dict[str, Any]:
     summary[key] = value
     write_json(path, summary)
     return summary
+
+
+def save_png(fig: Any, path: str | Path, dpi: Optional[int] = None) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it (a failed plot never leaves half a file)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **({"dpi": dpi} if dpi else {}))
+    plt.close(fig)
+    return path

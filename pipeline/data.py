@@ -61,7 +61,7 @@ class Split:
         if self.images is not None:
             return self.images[idx]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            arrays = list(pool.map(lambda p: _decode_image(p, self.decode_size), [self.paths[i] for i in idx.tolist()]))
+            arrays = list(pool.map(lambda p: decode_image(p, self.decode_size), [self.paths[i] for i in idx.tolist()]))
         return torch.stack([torch.from_numpy(a) for a in arrays])
 
     def content_hash(self, index: int) -> str:
@@ -233,11 +233,11 @@ def _scan_folder(folder: Path, root: Path, names: Optional[list[str]] = None) ->
         raise fail(f"no images found under {folder}", "put images (png/jpg/...) in one sub-folder per class")
     if len(classes) < 2:
         raise fail(f"{folder} has {len(classes)} class folder(s)", "a classifier needs at least two class folders")
-    _decode_image(paths[0], 8)  # fail now, with the file's name, if the first image is unreadable
+    decode_image(paths[0], 8)  # fail now, with the file's name, if the first image is unreadable
     return Split(labels=torch.tensor(labels), ids=[str(p.relative_to(root)) for p in paths], paths=paths), classes
 
 
-def _decode_image(path: Path, side: int) -> np.ndarray:
+def decode_image(path: Path, side: int) -> np.ndarray:
     """Decode to uint8 [3, side, side] RGB."""
     from PIL import Image, UnidentifiedImageError
 

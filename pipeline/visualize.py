@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_png
 from pipeline.models import GatedViT, token_ops
 
 CELL_INCHES = 1.6
@@ -94,11 +94,7 @@ def draw_tokens(raw: torch.Tensor, masks: torch.Tensor, names: list[str], stages
                 ax.set_title("input" if c == 0 else f"before block {stages[c - 1] + 1}", fontsize=8)
     fig.suptitle(textwrap.fill(title, width=int(width / 6.5)), fontsize=8)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=1 - 0.5 / rows, wspace=0.05, hspace=0.3)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def visualize(source: str | Path, out: str | Path, count: int = 6, model_name: str = "combined",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_png
 
 COLORS = {"dense": "#444444", "static": "#1f77b4", "tokens": "#2ca02c", "combined": "#d62728"}
 MARKERS = "osD^v<>ph*"
@@ -21,11 +21,7 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     for ax, report in zip(axes[0], reports):
         _panel(ax, report)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _panel(ax: Any, report: Mapping[str, Any]) -> None:
