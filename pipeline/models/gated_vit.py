@@ -274,8 +274,8 @@ class GatedViT(nn.Module):
                 remove_mlp(block)
             elif not bool(channels.all()):
                 slice_channels(block.mlp, channels.nonzero().flatten())
-            if model.group_gates is not None and bool(attn):
-                _slice_router(model.group_gates.routers[i], heads)
+            if model.group_gates is not None:  # a removed attention keeps no head rows (load_student builds 2 + 0)
+                _slice_router(model.group_gates.routers[i], heads if bool(attn) else torch.zeros_like(heads))
         model.static_gates = None
         return model
 

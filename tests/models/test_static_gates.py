@@ -91,6 +91,27 @@ def test_sliced_student_reloads_from_config_and_safetensors(tmp_path):
         torch.testing.assert_close(reloaded(images), model.eval()(images), rtol=0, atol=0)
 
 
+def test_sliced_group_gated_student_reloads_with_its_routers(tmp_path):
+    """Group gates on top: routers lose the rows of removed heads, and all head rows where attention went away."""
+    from pipeline.artifacts import write_json
+
+    cfg = replace(CFG, gates=replace(CFG.gates, dynamic="group"))
+    torch.manual_seed(0)
+    model = build_student(cfg).eval()
+    with torch.no_grad():
+        model.static_gates.head_logits[3].fill_(-1.0)  # layer 3's attention goes away
+        model.static_gates.head_logits[0].copy_(torch.tensor([1.0, -1.0, 2.0, -3.0]))
+    sliced = model.sliced().eval()
+    assert [r.out_features for r in sliced.group_gates.routers] == [2 + h for h in sliced.structure().heads]
+    write_json(tmp_path / "config.json", cfg.to_dict())
+    save_student(sliced, tmp_path / "student.safetensors", cfg)
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_student(tmp_path)(images), sliced(images), rtol=0, atol=0)
+        torch.testing.assert_close(sliced.forward_dropped(images)[0], model.forward_dropped(images)[0],
+                                   rtol=0, atol=SLICE_TOL)
+
+
 def test_sliced_checkpoint_in_the_wrong_architecture_is_refused(tmp_path):
     from pipeline.artifacts import write_json
 
