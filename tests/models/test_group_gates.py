@@ -37,6 +37,17 @@ def test_split_modes_have_their_shapes():
     assert min(counts) < 10 and max(counts) > 50
 
 
+def test_recursive_split_spreads_samples_over_size_octaves():
+    """Sample-weighted, every octave of group sizes (1, 2-3, .., 64-127, 128) gets 1/8 of the samples within 0.05."""
+    generator = torch.Generator().manual_seed(0)
+    per_octave = Counter()
+    for _ in range(2000):
+        for size in split_sizes(128, "recursive", generator):
+            per_octave[size.bit_length() - 1] += size
+    shares = [per_octave[o] / (2000 * 128) for o in range(8)]
+    assert max(abs(s - 1 / 8) for s in shares) < 0.05, shares
+
+
 def test_group_ids_follow_the_sizes():
     generator = torch.Generator().manual_seed(2)
     ids = group_ids_for([3, 1, 4], generator)
