@@ -85,18 +85,25 @@ def keep_mask(scores: torch.Tensor, threshold: torch.Tensor, min_keep: int) -> t
 
 def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int,
                      want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """GatedAttention.forward_gated at inference (no gates), with qkv and proj on packed rows."""
+    """GatedAttention.forward_gated at inference (no gates), with qkv and proj on packed rows.
+
+    The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows) and the per-sample
+    view is gathered head-first ([3, H, B, K, d]), so attention runs on [H, B, K, d] and nothing of size B * K is
+    transposed: with a batch, K is the largest kept count and B * K exceeds R by the padding (40%+ on DeiT-S)."""
     batch, width = layout.valid.shape
-    qkv = to_padded(attn.qkv(h), layout)
-    qkv = qkv.reshape(batch, width, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    rows = h.shape[0]
+    qkv = attn.qkv(h).reshape(rows, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)
+    qkv = qkv.index_select(2, layout.index.reshape(-1)).reshape(3, attn.num_heads, batch, width, attn.head_dim)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias.to(q.dtype))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias[:, 0][None].to(q.dtype))
     scores = None
     if want_scores:
-        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, layout.valid)
+        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, layout.valid,
+                                                           heads_first=True)
         scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
-    out = to_packed(out.transpose(1, 2).reshape(batch, width, attn.attn_dim), layout)
+    out = out.reshape(attn.num_heads, batch * width, attn.head_dim).index_select(1, layout.flat)
+    out = out.permute(1, 0, 2).reshape(rows, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores
 
 

@@ -15,22 +15,24 @@ _EPS = 1e-6  # representable in fp16 (1e-12 would underflow to a subnormal)
 
 
 def class_attention(
-    q_cls: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_valid: torch.Tensor | None
+    q_cls: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_valid: torch.Tensor | None,
+    heads_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the class token over all keys, and each head's class-token output.
 
     Args:
-        q_cls: [B, H, d] queries of the class token.
-        k, v: [B, H, N, d] keys and values.
+        q_cls: [B, H, d] queries of the class token ([H, B, d] if heads_first).
+        k, v: [B, H, N, d] keys and values ([H, B, N, d] if heads_first: the packed layout's attention).
         key_valid: [B, N] bool, False for keys that are padding or dropped; None if all are valid.
     Returns:
-        attn [B, H, N] (rows sum to 1 over valid keys) and head_out [B, H, d].
+        attn [B, H, N] (rows sum to 1 over valid keys) and head_out [B, H, d], in either layout.
     """
-    logits = torch.einsum("bhd,bhnd->bhn", q_cls * scale, k)
+    kv = "hbnd" if heads_first else "bhnd"
+    logits = torch.einsum(f"{'hbd' if heads_first else 'bhd'},{kv}->bhn", q_cls * scale, k)
     if key_valid is not None:
         logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
     attn = logits.softmax(dim=-1)
-    return attn, torch.einsum("bhn,bhnd->bhd", attn, v)
+    return attn, torch.einsum(f"bhn,{kv}->bhd", attn, v)
 
 
 def head_importance(head_out: torch.Tensor, head_gate: torch.Tensor | None = None) -> torch.Tensor:

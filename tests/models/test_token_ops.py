@@ -128,3 +128,14 @@ def test_fixed_count_baseline_keeps_the_best_in_order():
     scores = torch.tensor([[0.2, 0.9, 0.1, 0.9, 0.5]])
     y, lengths = token_ops.token_select_fixed(x, scores, num_prefix=1, count=3)
     assert lengths.tolist() == [4] and y[0, :, 0].tolist() == [0.0, 2.0, 4.0, 5.0]
+
+
+def test_class_attention_heads_first_layout_is_the_same_computation():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 2, 5), torch.randn(3, 4, 7, 5), torch.randn(3, 4, 7, 5)  # [B, H, N, d]
+    valid = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [True] * 5 + [False] * 2])
+    attn, out = token_ops.class_attention(q[:, :, 0], k, v, 0.5, valid)
+    attn_h, out_h = token_ops.class_attention(q[:, :, 0].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), 0.5,
+                                              valid, heads_first=True)
+    assert torch.allclose(attn_h, attn, atol=1e-6) and torch.allclose(out_h, out, atol=1e-6)
+    assert attn[1, :, 3:].eq(0).all()
