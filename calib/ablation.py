@@ -21,7 +21,7 @@ import torch
 
 from pipeline.data import Dataset, Split
 from pipeline.errors import fail
-from pipeline.models import GatedViT
+from pipeline.models import GatedViT, token_ops
 from pipeline.progress import progress
 
 RANKINGS = ("attention", "uniform-heads", "random", "inverse")
@@ -35,7 +35,8 @@ class Setting:
 
 
 def _attention(block, x: torch.Tensor, log_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Block attention with an additive per-key bias; returns (output, class attention [B, H, N], head norms)."""
+    """Block attention with an additive per-key bias; returns (output, class attention [B, H, N], each head's
+    class-token output [B, H, d])."""
     attn = block.attn
     batch, tokens, _ = x.shape
     qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -44,13 +45,15 @@ def _attention(block, x: torch.Tensor, log_size: torch.Tensor) -> tuple[torch.Te
     weights = ((q @ k.transpose(-1, -2)) * attn.scale + log_size[:, None, None, :]).softmax(-1)
     heads = weights @ v
     out = attn.proj(heads.transpose(1, 2).reshape(batch, tokens, attn.attn_dim))
-    return out, weights[:, :, 0], heads[:, :, 0].norm(dim=-1)
+    return out, weights[:, :, 0], heads[:, :, 0]
 
 
-def _scores(cls_attn: torch.Tensor, head_norm: torch.Tensor, ranking: str, generator: torch.Generator) -> torch.Tensor:
+def _scores(cls_attn: torch.Tensor, head_out: torch.Tensor, prefix: int, ranking: str,
+            generator: torch.Generator) -> torch.Tensor:
+    """[B, N - prefix] patch scores; `attention` is the pipeline's own score (token_ops)."""
     if ranking == "uniform-heads":
-        return cls_attn.mean(dim=1)
-    scores = (cls_attn * (head_norm / head_norm.sum(dim=1, keepdim=True))[:, :, None]).sum(dim=1)
+        return cls_attn.mean(dim=1)[:, prefix:]
+    scores = token_ops.token_scores(cls_attn, token_ops.head_importance(head_out), prefix, None)
     if ranking == "random":
         return torch.rand(scores.shape, generator=generator)
     return -scores if ranking == "inverse" else scores
@@ -66,14 +69,15 @@ def ablation_forward(model: GatedViT, images: torch.Tensor, setting: Setting, ge
     blocks, stages, prefix = model.vit.blocks, list(model.stages), model.num_prefix
     x = model.embed(images)
     size = torch.ones(x.shape[:2])  # how many input tokens each row stands for
-    cls_attn = head_norm = None
+    cls_attn = head_out = None
     for i, block in enumerate(blocks):
         if i in stages:
-            scores = _scores(cls_attn, head_norm, setting.ranking, generator)[:, prefix:]
+            scores = _scores(cls_attn, head_out, prefix, setting.ranking, generator)
             if setting.fuse:
                 scores = scores / size[:, prefix:]  # rank a fused row by its members' mean attention
             order = scores.sort(dim=1, descending=True, stable=True).indices + prefix
-            keep, drop = order[:, : setting.counts[stages.index(i)]], order[:, setting.counts[stages.index(i)]:]
+            count = setting.counts[stages.index(i)]
+            keep, drop = order[:, :count], order[:, count:]
             rows, sizes = [x[:, :prefix], _take(x, keep)], [size[:, :prefix], _take(size, keep)]
             if setting.fuse and drop.shape[1]:
                 mass = _take(cls_attn.mean(dim=1), drop)
@@ -81,7 +85,7 @@ def ablation_forward(model: GatedViT, images: torch.Tensor, setting: Setting, ge
                             / mass.sum(1, keepdim=True)[..., None].clamp_min(1e-12))
                 sizes.append(_take(size, drop).sum(1, keepdim=True))
             x, size = torch.cat(rows, 1), torch.cat(sizes, 1)
-        out, cls_attn, head_norm = _attention(block, block.norm1(x), size.log())
+        out, cls_attn, head_out = _attention(block, block.norm1(x), size.log())
         x = x + block.ls1(out)
         x = x + block.ls2(block.mlp(block.norm2(x)))
     return model.head(x)

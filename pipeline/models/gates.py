@@ -7,7 +7,6 @@ in the few epochs a CPU budget allows. The gradient reaches the logits through t
 from __future__ import annotations
 
 import math
-
 from typing import Literal, Optional, Sequence
 
 import torch
