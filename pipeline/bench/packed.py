@@ -5,11 +5,11 @@ sample, one after the other, with no padding. Everything that acts per token (La
 85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Only attention needs
 the per-sample view [B, K, C] (K = the batch's largest kept count): one gather before it, one after.
 
-Three choices make the layout cheap on ONNX Runtime's CPU provider (each measured, see the bench note):
+Four choices make the layout cheap on ONNX Runtime's CPU provider (each measured, see the bench note):
 - padded positions of the per-sample view gather their sample's class-token row instead of a zero row: their keys
   are masked and their query rows are dropped, so any finite value works, and no [R + 1, D] concatenation is needed;
-- attention masks padded keys with one additive float bias per stage ([B, 1, 1, K]: 0, or MASK_BIAS = -50 at
-  padding). A boolean mask makes the exporter add an IsNaN + Where pass over every [B, H, K, K] attention matrix to
+- attention masks padded keys with one additive float bias per stage ([B, 1, K]: 0, or MASK_BIAS = -50 at
+  padding; the class-attention scores use the same bias). A boolean mask makes the exporter add an IsNaN + Where pass over every [B, H, K, K] attention matrix to
   guard rows with no valid key, which cannot happen here (the prefix is always valid). And -inf is slow: ONNX
   Runtime's CPU Softmax takes 2.7x as long on rows where a third of the entries are -inf (any entry more than ~87
   below the row maximum leaves its fast exp path). A padded key is a copy of its sample's class-token key, so its
@@ -19,7 +19,11 @@ Three choices make the layout cheap on ONNX Runtime's CPU provider (each measure
   the kept rows straight from the packed rows, in order: the compaction of `token_ops.compact_kept` without the
   padded intermediate. With min_keep = 1 the top-up is an ArgMax (first index on ties, NaN as -inf, exactly
   `token_ops.top_rank_mask(scores, 1)`) instead of the O(N^2) pairwise ranking. `select="op"` runs the fused
-  TokenSelect op on the per-sample view instead (the plugin flavor's node) and packs its output.
+  TokenSelect op on the per-sample view instead (the plugin flavor's node) and packs its output;
+- heads are split on the packed rows and gathered head-first (see `packed_attention`), and every reshape after a
+  selection takes -1 for the data-dependent size: ONNX Runtime pays ~10 us per node at batch 1, and a reshape to a
+  computed size costs shape nodes in every block (DeiT-S combined: 152 -> 133 selection nodes, TokenSelect's share at
+  batch 1 3.3-3.6% -> 2.5%).
 
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
 up to float rounding (tests/bench/test_bench_packed.py), and exports with the same dynamo exporter.
@@ -44,28 +48,29 @@ class Layout(NamedTuple):
     """Where each sample's tokens live in the packed rows."""
 
     valid: torch.Tensor  # [B, K] bool: position j of sample b holds a token
-    index: torch.Tensor  # [B, K] int64: the packed row of each position; padding repeats the sample's first row
+    index: torch.Tensor  # [B * K] int64: the packed row of each position b * K + j; padding repeats the sample's first
     flat: torch.Tensor  # [R] int64: each packed row's position b * K + j in the per-sample view
-    bias: torch.Tensor  # [B, 1, 1, K] float: 0 for valid keys, MASK_BIAS for padding
+    bias: torch.Tensor  # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
 
 
 def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
     """The packed layout of samples holding lengths[b] leading tokens out of `width` positions.
 
     Written for a short exported graph (each ONNX Runtime node costs ~10 us at batch 1, whatever its size): a sample's
-    rows start at the exclusive cumulative sum of the lengths, and padding points at that first row."""
+    rows start at the exclusive cumulative sum of the lengths, padding points at that first row, and every tensor is
+    built once per stage in the shape its users take (flat indices, a bias that broadcasts), not reshaped per block."""
     positions = torch.arange(width, device=lengths.device)
     valid = positions[None, :] < lengths[:, None]
     starts = lengths.cumsum(0) - lengths
-    index = starts[:, None] + torch.where(valid, positions[None, :], 0)
+    index = (starts[:, None] + torch.where(valid, positions[None, :], 0)).reshape(-1)
     flat = valid.reshape(-1).nonzero().squeeze(1)
     bias = torch.where(valid, torch.zeros((), dtype=dtype), torch.full((), MASK_BIAS, dtype=dtype))
-    return Layout(valid, index, flat, bias[:, None, None, :])
+    return Layout(valid, index, flat, bias[:, None, :])
 
 
 def to_padded(rows: torch.Tensor, layout: Layout) -> torch.Tensor:
     """[R, D] packed rows -> [B, K, D]; padded positions hold a copy of their sample's first row."""
-    return rows[layout.index]  # GatherND: on ONNX Runtime's CPU provider faster than Gather (measured)
+    return rows[layout.index].reshape(layout.valid.shape[0], -1, rows.shape[-1])
 
 
 def to_packed(padded: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -90,20 +95,19 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows) and the per-sample
     view is gathered head-first ([3, H, B, K, d]), so attention runs on [H, B, K, d] and nothing of size B * K is
     transposed: with a batch, K is the largest kept count and B * K exceeds R by the padding (40%+ on DeiT-S)."""
-    batch, width = layout.valid.shape
-    rows = h.shape[0]
-    qkv = attn.qkv(h).reshape(rows, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)
-    qkv = qkv.index_select(2, layout.index.reshape(-1)).reshape(3, attn.num_heads, batch, width, attn.head_dim)
+    batch = layout.valid.shape[0]
+    qkv = attn.qkv(h).reshape(-1, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)
+    qkv = qkv.index_select(2, layout.index).reshape(3, attn.num_heads, batch, -1, attn.head_dim)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias[:, 0][None].to(q.dtype))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias.to(q.dtype))
     scores = None
     if want_scores:
-        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, layout.valid,
-                                                           heads_first=True)
+        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, None, heads_first=True,
+                                                           key_bias=layout.bias.to(q.dtype))
         scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
-    out = out.reshape(attn.num_heads, batch * width, attn.head_dim).index_select(1, layout.flat)
-    out = out.permute(1, 0, 2).reshape(rows, attn.attn_dim)
+    out = out.reshape(attn.num_heads, -1, attn.head_dim).index_select(1, layout.flat)
+    out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores
 
 
@@ -145,9 +149,9 @@ class PackedForward(nn.Module):
         for i in range(stages[0], len(blocks)):
             if i in stages:
                 rows, layout, lengths = self._select(rows, layout, scores, stages.index(i), x.shape[1])
-                kept.append(lengths.to(torch.int32))
+                kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers)
-        return m.head(rows[layout.index[:, :prefix]]), torch.stack(kept, dim=1)
+        return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
     def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
                 tokens: int) -> tuple[torch.Tensor, Layout, torch.Tensor]:
@@ -162,7 +166,7 @@ class PackedForward(nn.Module):
         keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
         mask = torch.cat([keep.new_ones(batch, m.num_prefix), keep], dim=1)  # positions of the per-sample view
         chosen = mask.reshape(-1).nonzero().squeeze(1)
-        source = chosen if layout is None else layout.index.reshape(-1)[chosen]
+        source = chosen if layout is None else layout.index[chosen]
         lengths = mask.sum(dim=1)
         width = lengths.max().item()  # a data-dependent size, as in select_op's native flavor
         torch._check(width >= m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)

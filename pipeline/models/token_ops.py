@@ -16,7 +16,7 @@ _EPS = 1e-6  # representable in fp16 (1e-12 would underflow to a subnormal)
 
 def class_attention(
     q_cls: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_valid: torch.Tensor | None,
-    heads_first: bool = False,
+    heads_first: bool = False, key_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the class token over all keys, and each head's class-token output.
 
@@ -24,6 +24,8 @@ def class_attention(
         q_cls: [B, H, d] queries of the class token ([H, B, d] if heads_first).
         k, v: [B, H, N, d] keys and values ([H, B, N, d] if heads_first: the packed layout's attention).
         key_valid: [B, N] bool, False for keys that are padding or dropped; None if all are valid.
+        key_bias: [B, 1, N] float added to the logits instead of a mask (the packed layout's, one Add in the exported
+            graph where a mask takes three); it must leave padded keys a negligible weight.
     Returns:
         attn [B, H, N] (rows sum to 1 over valid keys) and head_out [B, H, d], in either layout.
     """
@@ -31,6 +33,8 @@ def class_attention(
     logits = torch.einsum(f"{'hbd' if heads_first else 'bhd'},{kv}->bhn", q_cls * scale, k)
     if key_valid is not None:
         logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
+    if key_bias is not None:
+        logits = logits + key_bias
     attn = logits.softmax(dim=-1)
     return attn, torch.einsum(f"bhn,{kv}->bhd", attn, v)
 

@@ -20,7 +20,7 @@ def test_layout_round_trip():
     rows = torch.arange(6, dtype=torch.float32)[:, None].expand(6, 2)
     padded = to_padded(rows, layout)
     assert padded[:, :, 0].tolist() == [[0, 1, 2], [3, 3, 3], [4, 5, 4]]  # padding repeats the sample's first row
-    assert layout.bias[:, 0, 0].tolist() == [[0, 0, 0], [0, MASK_BIAS, MASK_BIAS], [0, 0, MASK_BIAS]]
+    assert layout.bias[:, 0].tolist() == [[0, 0, 0], [0, MASK_BIAS, MASK_BIAS], [0, 0, MASK_BIAS]]
     assert torch.equal(to_packed(padded, layout), rows)
 
 
@@ -57,3 +57,16 @@ def test_packed_equals_forward_dropped(sliced_gated, select):
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
     assert (singles - packed_logits).abs().max() <= TOL  # batch invariance
+
+
+def test_class_attention_key_bias_matches_the_mask():
+    """The packed layout scores with an additive MASK_BIAS where the padded layout masks: same weights to 1e-6."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen) for shape in ((2, 3, 8), (2, 3, 5, 8), (2, 3, 5, 8)))
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    bias = torch.where(valid, 0.0, MASK_BIAS)[:, None, :]
+    masked, masked_out = token_ops.class_attention(q, k, v, 0.35, valid)
+    biased, biased_out = token_ops.class_attention(q, k, v, 0.35, None, key_bias=bias)
+    torch.testing.assert_close(biased, masked, rtol=0, atol=1e-6)
+    torch.testing.assert_close(biased_out, masked_out, rtol=0, atol=1e-6)
+    assert float(biased[1, :, 3:].max()) < 1e-12  # padded keys get a negligible weight, not an exact zero
