@@ -77,3 +77,17 @@ def test_failed_run_leaves_an_existing_run_untouched(tmp_path, fmnist_root, caps
     code = main(["train", "--config", str(config), "--out", str(run), "--set", f"model.checkpoint={garbage}"])
     assert code == 2
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_every_command_is_registered(capsys):
+    """The parser lists every pipeline stage; a command module missing from the package fails here, not at a user's
+    first `tokengate <stage>`."""
+    from pipeline.cli import COMMANDS, build_parser
+
+    choices = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert sorted(choices) == sorted(COMMANDS)
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: tokengate {name}" in capsys.readouterr().out
