@@ -17,7 +17,7 @@ from pipeline.evaluate import EvalResult, evaluate
 from pipeline.models import GatedViT, build_student
 from pipeline.train.trainer import compare
 
-from calib.baseline import BaselineResult, FixedRateSearch, fixed_model
+from calib.baseline import MAX_TRIALS, BaselineResult, FixedRateSearch, fixed_model
 from calib.cost import check_budget, check_reachable, cost_ratio, floor_ratio, reference_macs
 from calib.inputs import model_inputs
 from calib.run_dir import prepare_out, write_run
@@ -106,6 +106,8 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
         "teacher": _row(dense), "student": _row(main.val), "student_vs_teacher": compare(dense, main.val),
         "calibration": {
             "method": "pooled-quantile thresholds per stage; profile grid + bisection on the knob; min KL to dense",
+            "baseline_method": None if not baseline else "fixed top-k counts per stage: every whole-token split that "
+                               f"matches the cost (the {MAX_TRIALS} closest), min KL to dense",
             **main.to_dict(dense), "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),
             "source": source.origin, "forwards": searcher.forwards, "seconds": round(time.time() - started, 1),
             "sweep": [p.to_dict(dense) for p in points.values()] if sweep else [],
@@ -125,7 +127,7 @@ def measure_budget(searcher: ThresholdSearch, fixed_searcher: Optional[FixedRate
     point = Point(result, evaluate(student, dataset, dataset.val, batch_size, desc=f"calibrated {budget:g} val"))
     if fixed_searcher is not None:
         # Same GFLOPs as the calibrated model on the data both are measured on (its cost varies with the data).
-        point.fixed = fixed_searcher.search(point.val.gflops / dense.gflops, steps, progress)
+        point.fixed = fixed_searcher.search(point.val.gflops / dense.gflops, progress=progress)
         point.fixed_val = evaluate(fixed_model(student, point.fixed.best.counts), dataset, dataset.val, batch_size,
                                    desc="fixed-rate val")
         uniform = point.fixed.uniform

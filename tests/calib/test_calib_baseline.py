@@ -1,4 +1,7 @@
-"""The fixed-keep-rate top-k baseline: its cost matches the target and every image keeps exactly k_s patches."""
+"""The fixed-keep-rate top-k baseline: its cost matches the target, every image keeps exactly k_s patches, and the
+search measures every split that matches the cost (checked against a brute-force enumeration written here)."""
+import itertools
+
 import pytest
 import torch
 
@@ -31,7 +34,7 @@ def test_counts_follow_the_profile():
 def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target):
     student, images, dense, reference = setup
     search = FixedRateSearch(student, images, dense, reference)
-    result = search.search(target, steps=3, progress=False)
+    result = search.search(target, progress=False)
     best = result.best
     assert search.tolerance() < 0.01, "16 patches: half a last-stage token is under 1% of dense"
     assert abs(best.ratio - target) <= search.tolerance(), best
@@ -46,3 +49,32 @@ def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target):
     if result.uniform is not None:
         rates = result.uniform.rates
         assert max(rates) - min(rates) <= 0.2, "EViT's schedule: about one rate at every stage"
+
+
+@pytest.mark.parametrize("target", [0.7, 0.8])
+def test_search_measures_every_split_that_matches_the_cost(setup, target):
+    student, images, dense, reference = setup
+    search = FixedRateSearch(student, images, dense, reference)
+    tolerance = search.tolerance()
+    patches, prefix = student.geometry().num_patches, student.num_prefix
+    expected = set()
+    for first, second in itertools.product(range(1, patches + 1), repeat=2):
+        if second <= first:
+            lengths = torch.tensor([[prefix + first, prefix + second]], dtype=torch.float64)
+            if abs(cost_ratio(student, lengths, reference) - target) <= tolerance:
+                expected.add((first, second))
+    assert len(expected) >= 3, "the test needs a choice of splits"
+    result = search.search(target, max_trials=len(expected), progress=False)
+    assert result.candidates == len(expected)
+    assert {t.counts for t in result.trials} == expected
+    assert result.best.kl == min(t.kl for t in result.trials)
+
+
+def test_search_caps_the_trials_at_the_closest_in_cost(setup):
+    student, images, dense, reference = setup
+    search = FixedRateSearch(student, images, dense, reference)
+    everything = search.search(0.7, progress=False)
+    capped = search.search(0.7, max_trials=2, progress=False)
+    assert everything.candidates == capped.candidates > 2
+    misses = sorted(abs(t.ratio - 0.7) for t in everything.trials)
+    assert sorted(abs(t.ratio - 0.7) for t in capped.trials) == pytest.approx(misses[:2], abs=1e-12)
