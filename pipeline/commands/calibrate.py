@@ -21,8 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", default=None, help="more budgets to calibrate and compare, e.g. 0.5,0.6,0.65,0.7,0.8")
     p.add_argument("--plot", default=None, help="accuracy vs GFLOPs plot (PNG); default OUT/calib.png with --sweep")
     p.add_argument("--no-baseline", action="store_true", help="skip the fixed-rate top-k baseline")
-    p.add_argument("--grid", type=int, default=6, help="the thresholds' profile grid: 1/GRID steps per stage (6); the fixed-rate baseline "
-                   "measures every split")
+    p.add_argument("--grid", type=int, default=6,
+                   help="the thresholds' profile grid: 1/GRID steps per stage (6); the fixed-rate baseline measures "
+                        "every split")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(handler=run)
 
