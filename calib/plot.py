@@ -18,7 +18,7 @@ def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.plot([r["gflops_ratio"] for r in rows], [r["top1"] for r in rows], "o-",
             label="calibrated thresholds (no training)")
-    for key, style, label in (("fixed", "s--", "fixed-rate top-k, best split"),
+    for key, style, label in (("fixed", "s--", "fixed-rate top-k, min-KL split"),
                               ("fixed_uniform", "^:", "fixed-rate top-k, one rate (EViT)")):
         points = [r[key] for r in rows if r.get(key) and "top1" in r[key]]
         if points:
