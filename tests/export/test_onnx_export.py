@@ -71,7 +71,7 @@ def test_metadata_records_what_later_stages_need(exported):
     info = read_info(paths["capped"])
     assert info.flavor == "capped" and info.model == "student"
     assert info.stages == list(student.stages) and info.min_keep == student.min_keep
-    assert info.thresholds == pytest.approx([float(t) for t in student.thresholds], abs=0)
+    assert info.thresholds == pytest.approx(student.thresholds.detach().tolist(), abs=0)
     assert info.run_config() == cfg and info.caps is not None and len(info.caps) == len(info.stages)
     assert read_info(paths["dense"]).model == "teacher"
 
