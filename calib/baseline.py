@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pipeline.errors import fail
 from pipeline.models import GatedViT
 
-from calib.cost import cost_ratio
+from calib.cost import cost_ratios
 from calib.search import BISECTION_STEPS, kl_to_dense
 from calib.staged import StagedForward
 
@@ -82,8 +82,11 @@ class FixedRateSearch:
         self.num_patches = self.model.geometry().num_patches
 
     def ratio(self, counts: tuple[int, ...]) -> float:
-        lengths = torch.tensor([[self.model.num_prefix + k for k in counts]], dtype=torch.float64)
-        return cost_ratio(self.model, lengths, self.reference)
+        return float(self._ratios(torch.tensor([counts], dtype=torch.float64))[0])
+
+    def _ratios(self, counts: torch.Tensor) -> torch.Tensor:
+        """Cost over dense of each row of patch counts [M, S]: the same kept tokens plus the prefix at every stage."""
+        return cost_ratios(self.model, counts + self.model.num_prefix, self.reference)
 
     def closest(self, profile: tuple[float, ...], target: float) -> tuple[int, ...]:
         """The counts on this profile whose cost is nearest the target (bisection on the knob)."""
@@ -122,9 +125,9 @@ class FixedRateSearch:
         The earlier stages step through `_levels()`, the last stage through every count: it has the finest cost step."""
         heads = itertools.combinations_with_replacement(self._levels(), len(self.model.stages) - 1)
         rows = [(*head, k) for head in heads for k in range(1, (head[-1] if head else self.num_patches) + 1)]
-        counts = torch.tensor(rows, dtype=torch.float64)
-        miss = (self.model.macs(counts + self.model.num_prefix).double() / self.reference - target).abs()
-        return [rows[i] for i in miss.argsort().tolist() if miss[i] <= tolerance]
+        miss = (self._ratios(torch.tensor(rows, dtype=torch.float64)) - target).abs()
+        inside = (miss <= tolerance).nonzero().squeeze(1)
+        return [rows[i] for i in inside[miss[inside].argsort(stable=True)].tolist()]  # ties: enumeration order
 
     def _levels(self) -> list[int]:
         """The earlier stages' counts, largest first (so the combinations come out non-increasing): every count, or

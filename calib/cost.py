@@ -13,9 +13,14 @@ def reference_macs(teacher: GatedViT) -> float:
     return float(dense_macs(teacher.geometry()))
 
 
+def cost_ratios(model: GatedViT, lengths: torch.Tensor, reference: float) -> torch.Tensor:
+    """MACs of each row of kept tokens [N, S] (prefix included), over the reference: [N] float64."""
+    return model.macs(lengths.double()).double() / reference
+
+
 def cost_ratio(model: GatedViT, lengths: torch.Tensor, reference: float) -> float:
     """Mean MACs per image from kept tokens [N, S], over the reference."""
-    return float(model.macs(lengths.double()).double().mean()) / reference
+    return float(cost_ratios(model, lengths, reference).mean())
 
 
 def floor_ratio(model: GatedViT, reference: float) -> float:
