@@ -9,8 +9,9 @@ Four choices make the layout cheap on ONNX Runtime's CPU provider (each measured
 - padded positions of the per-sample view gather their sample's class-token row instead of a zero row: their keys
   are masked and their query rows are dropped, so any finite value works, and no [R + 1, D] concatenation is needed;
 - attention masks padded keys with one additive float bias per stage ([B, 1, K]: 0, or MASK_BIAS = -50 at
-  padding; the class-attention scores use the same bias). A boolean mask makes the exporter add an IsNaN + Where pass over every [B, H, K, K] attention matrix to
-  guard rows with no valid key, which cannot happen here (the prefix is always valid). And -inf is slow: ONNX
+  padding; the class-attention scores use the same bias). A boolean mask makes the exporter add an IsNaN + Where
+  pass over every [B, H, K, K] attention matrix to guard rows with no valid key, which cannot happen here (the
+  prefix is always valid). And -inf is slow: ONNX
   Runtime's CPU Softmax takes 2.7x as long on rows where a third of the entries are -inf (any entry more than ~87
   below the row maximum leaves its fast exp path). A padded key is a copy of its sample's class-token key, so its
   logit is at most the row maximum and -50 leaves it a weight below e^-50 = 2e-22 of the largest: zero in fp32
@@ -48,7 +49,8 @@ class Layout(NamedTuple):
     """Where each sample's tokens live in the packed rows."""
 
     valid: torch.Tensor  # [B, K] bool: position j of sample b holds a token
-    index: torch.Tensor  # [B * K] int64: the packed row of each position b * K + j; padding repeats the sample's first
+    # [B * K] int64: the packed row of each position b * K + j; padding repeats the sample's first row
+    index: torch.Tensor
     flat: torch.Tensor  # [R] int64: each packed row's position b * K + j in the per-sample view
     bias: torch.Tensor  # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
 
@@ -100,11 +102,12 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     qkv = qkv.index_select(2, layout.index).reshape(3, attn.num_heads, batch, -1, attn.head_dim)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias.to(q.dtype))
+    bias = layout.bias.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = None
     if want_scores:
         weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, None, heads_first=True,
-                                                           key_bias=layout.bias.to(q.dtype))
+                                                           key_bias=bias)
         scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
     out = out.reshape(attn.num_heads, -1, attn.head_dim).index_select(1, layout.flat)
     out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
