@@ -1,16 +1,19 @@
 """Install profiles: `make setup` (CPU) and `make setup GPU=1` each resolve to exactly one ONNX Runtime build.
 
-The dry-run test asks pip's resolver for the full requirement set of the exact command `make setup` runs; it needs
-the package index (skipped with the reason when that is unreachable).
+Two checks of the transitive requirements: an offline walk over the installed distributions' metadata (always runs),
+and pip's own resolver in a dry run against this environment, which downloads what the profile lacks (skipped with
+the reason when the package index cannot deliver it).
 """
 import json
 import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from pipeline.ort_packages import ORT_DISTRIBUTIONS, installed_ort, problem
 
@@ -36,8 +39,41 @@ def _install_extras(lines: list[str]) -> str:
     return found[0]
 
 
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _requirement_closure(roots: list[str]) -> tuple[dict[str, set[str]], set[str]]:
+    """({installed distribution: the distributions that require it}, {required but not installed}) reached from roots.
+
+    Markers are evaluated for this interpreter and for the extras each requirement asks for.
+    """
+    required_by: dict[str, set[str]] = {}
+    extras_done: dict[str, set[str]] = {}
+    missing: set[str] = set()
+    todo = [("<make setup>", Requirement(r)) for r in roots]
+    while todo:
+        parent, requirement = todo.pop()
+        name = _normal(requirement.name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.add(name)
+            continue
+        required_by.setdefault(name, set()).add(parent)
+        extras = set(requirement.extras)
+        if name in extras_done and extras <= extras_done[name]:
+            continue
+        extras_done[name] = extras_done.get(name, set()) | extras
+        for text in dist.requires or []:
+            child = Requirement(text)
+            if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in {""} | extras):
+                todo.append((name, child))
+    return required_by, missing
+
+
 def test_extras_hold_one_ort_build_each():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _project()
     extras = project["optional-dependencies"]
     assert not _names(project["dependencies"]) & set(ORT_DISTRIBUTIONS), "the base install must not pick an ORT build"
     assert _names(extras["cpu"]) & set(ORT_DISTRIBUTIONS) == {"onnxruntime"}
@@ -59,20 +95,55 @@ def test_make_setup_removes_the_other_build_first(tmp_path, gpu):
     assert f"pipeline.ort_packages --expect {expect}" in text
 
 
+def test_installed_requirements_reach_exactly_one_ort(tmp_path):
+    """This environment's profile, walked offline: nothing but the profile's own extra pulls in an ORT build."""
+    found = installed_ort()
+    if len(found) != 1:
+        pytest.fail(problem(found, None) or "no ONNX Runtime build is installed: run make setup")
+    build = next(iter(found))
+    extras = _install_extras(_setup_commands(build == "onnxruntime-gpu", tmp_path / "venv")).split(",")
+    project = _project()
+    roots = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    required_by, missing = _requirement_closure(roots)
+    assert not missing, f"required by make setup but not installed: {sorted(missing)}; rerun make setup"
+    reached = {name: parents for name, parents in required_by.items() if name in ORT_DISTRIBUTIONS}
+    assert reached == {build: {"<make setup>"}}, reached
+
+
+def test_requirement_closure_follows_extras_and_reports_missing():
+    required_by, missing = _requirement_closure(["pytest", "no-such-distribution-tokengate>=1"])
+    assert "pluggy" in required_by and required_by["pluggy"] == {"pytest"}
+    assert missing == {"no-such-distribution-tokengate"}
+
+
+# Failures of the index or the machine, not of the requirements: the dry run is skipped with pip's last line.
+_INDEX_TROUBLE = (r"NewConnectionError|Network is unreachable|Temporary failure in name resolution|Could not fetch "
+                  r"URL|ProxyError|ReadTimeoutError|Connection interrupted|incomplete-download|No space left on device")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
 def test_resolved_requirements_have_exactly_one_ort(tmp_path, gpu):
-    """pip's own resolver, dry run, over what `make setup [GPU=1]` installs (transitive requirements included)."""
+    """pip's own resolver, dry run against this environment, over what `make setup [GPU=1]` installs.
+
+    Resolving against the installed packages downloads only what the profile lacks (onnxruntime-gpu in a CPU
+    environment), not the whole set again; the result is what make setup leaves: the installed distributions, less
+    both ORT builds when the other build was there (make setup removes them first), plus what pip would install.
+    """
     extras = _install_extras(_setup_commands(gpu, tmp_path / "venv"))
     report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                           "--report", str(report), f".[{extras}]"], cwd=ROOT, capture_output=True, text=True)
-    if done.returncode and re.search(r"NewConnectionError|Network is unreachable|Temporary failure in name "
-                                     r"resolution|Could not fetch URL|ProxyError", done.stderr):
-        pytest.skip(f"the package index is unreachable: {done.stderr.strip().splitlines()[-1]}")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+                           f".[{extras}]"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode and re.search(_INDEX_TROUBLE, done.stderr):
+        pytest.skip(f"the package index could not deliver the dry run: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]
-    names = {_normal(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
-    assert names & set(ORT_DISTRIBUTIONS) == {"onnxruntime-gpu" if gpu else "onnxruntime"}
+    expect = "onnxruntime-gpu" if gpu else "onnxruntime"
+    other = "onnxruntime" if gpu else "onnxruntime-gpu"
+    result = {_normal(dist.metadata["Name"]) for dist in metadata.distributions()}
+    if other in result:
+        result -= set(ORT_DISTRIBUTIONS)
+    result |= {_normal(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    assert result & set(ORT_DISTRIBUTIONS) == {expect}
 
 
 def test_problem_names_the_fix():
