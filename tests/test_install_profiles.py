@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from pipeline.ort_packages import ORT_DISTRIBUTIONS, installed_ort, problem
+from pipeline.ort_packages import ORT_DISTRIBUTIONS, PROFILE_DISTRIBUTION, installed_ort, problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,13 @@ def _normal(name: str) -> str:
 
 
 def _names(requirements: list[str]) -> set[str]:
-    return {_normal(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
+    return {_normal(Requirement(r).name) for r in requirements}
+
+
+def _builds(gpu: bool) -> tuple[str, str]:
+    """(the ORT build the profile installs, the other one)."""
+    ours, other = ("gpu", "cpu") if gpu else ("cpu", "gpu")
+    return PROFILE_DISTRIBUTION[ours], PROFILE_DISTRIBUTION[other]
 
 
 def _setup_commands(gpu: bool, venv: Path) -> list[str]:
@@ -89,9 +95,8 @@ def test_make_setup_removes_the_other_build_first(tmp_path, gpu):
     extras = _install_extras(lines).split(",")
     assert ("gpu" in extras) == gpu and ("cpu" in extras) != gpu
     text = "\n".join(lines)
-    other = "onnxruntime" if gpu else "onnxruntime-gpu"
+    expect, other = _builds(gpu)
     assert text.index(f"pip show --quiet {other}") < text.index("pip install --quiet -e")
-    expect = "onnxruntime-gpu" if gpu else "onnxruntime"
     assert f"pipeline.ort_packages --expect {expect}" in text
 
 
@@ -101,7 +106,7 @@ def test_installed_requirements_reach_exactly_one_ort(tmp_path):
     if len(found) != 1:
         pytest.fail(problem(found, None) or "no ONNX Runtime build is installed: run make setup")
     build = next(iter(found))
-    extras = _install_extras(_setup_commands(build == "onnxruntime-gpu", tmp_path / "venv")).split(",")
+    extras = _install_extras(_setup_commands(build == PROFILE_DISTRIBUTION["gpu"], tmp_path / "venv")).split(",")
     project = _project()
     roots = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
     required_by, missing = _requirement_closure(roots)
@@ -127,8 +132,8 @@ def test_resolved_requirements_have_exactly_one_ort(tmp_path, gpu):
     """pip's own resolver, dry run against this environment, over what `make setup [GPU=1]` installs.
 
     Resolving against the installed packages downloads only what the profile lacks (onnxruntime-gpu in a CPU
-    environment), not the whole set again; the result is what make setup leaves: the installed distributions, less
-    both ORT builds when the other build was there (make setup removes them first), plus what pip would install.
+    environment), not the whole set again; the result is the ORT builds make setup leaves: the installed ones (none
+    when the other build was there: make setup removes both first), plus what pip would install.
     """
     extras = _install_extras(_setup_commands(gpu, tmp_path / "venv"))
     report = tmp_path / "report.json"
@@ -138,13 +143,12 @@ def test_resolved_requirements_have_exactly_one_ort(tmp_path, gpu):
     if trouble:
         pytest.skip(f"the package index could not deliver the dry run: {trouble.group(0).strip()}")
     assert done.returncode == 0, done.stderr[-2000:]
-    expect = "onnxruntime-gpu" if gpu else "onnxruntime"
-    other = "onnxruntime" if gpu else "onnxruntime-gpu"
-    result = {_normal(dist.metadata["Name"]) for dist in metadata.distributions()}
-    if other in result:
-        result -= set(ORT_DISTRIBUTIONS)
-    result |= {_normal(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
-    assert result & set(ORT_DISTRIBUTIONS) == {expect}
+    expect, other = _builds(gpu)
+    builds = set(installed_ort())
+    if other in builds:
+        builds.clear()
+    builds |= {_normal(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    assert builds & set(ORT_DISTRIBUTIONS) == {expect}
 
 
 def test_problem_names_the_fix():
