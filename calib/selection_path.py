@@ -92,15 +92,37 @@ def _shape_nodes(nodes, producer, constant: set[str]) -> set[str]:
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})  # their outputs are fresh fp32 accumulations
 
 
+DECISION_OPS = frozenset({"Greater", "TopK", "ArgMax"})  # threshold comparison, ranking, min_keep top-up
+
+
+def score_nodes(model: onnx.ModelProto) -> set[str]:
+    """The selection-path nodes that the keep decisions are computed from (scores, comparisons, ranking, TokenSelect),
+    without the selection nodes that only guard attention (an exported boolean mask's IsNaN over the softmax)."""
+    selection = set(selection_nodes(model, appliers=False))
+    producer = {out: n for n in model.graph.node for out in n.output}
+    stack = [n for n in model.graph.node
+             if n.name in selection and (n.op_type in DECISION_OPS or n.domain == CUSTOM_DOMAIN)]
+    found: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in found:
+            continue
+        found.add(node.name)
+        stack += [producer[i] for i in node.input if i in producer and producer[i].name in selection]
+    return found
+
+
 def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
-    """The GEMMs among `candidates` whose output reaches a score node through value-preserving nodes only: the qkv
-    projections of the layers that score tokens (their q, k, v are what the class-attention row reads)."""
-    selection = selection_nodes(model, appliers=False)
+    """The GEMMs among `candidates` whose output reaches a score node before any other weight GEMM: the qkv
+    projections of the layers that score tokens. Their q and k reach the scores through attention's own products
+    (QK^T, softmax, whose class row the scores read), which are followed; a product with a weight is not."""
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in model.graph.node:
         for name in n.input:
             consumers[name].append(n)
-    wanted, chosen = set(selection), []
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted, chosen = score_nodes(model), []
     by_name = {n.name: n for n in model.graph.node}
     for name in candidates:
         frontier, seen = list(by_name[name].output), set()
@@ -110,7 +132,7 @@ def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
                     chosen.append(name)
                     frontier = []
                     break
-                if c.name not in seen and c.op_type not in COMPUTE_OPS:
+                if c.name not in seen and not (c.op_type in COMPUTE_OPS and weights & set(c.input)):
                     seen.add(c.name)
                     frontier += list(c.output)
     return chosen
