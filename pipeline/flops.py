@@ -28,7 +28,6 @@ class Geometry:
     head_dim: int
     heads: tuple[int, ...]
     mlp_hidden: tuple[int, ...]
-    score_layers: tuple[int, ...] = ()
 
     @property
     def depth(self) -> int:
@@ -41,13 +40,12 @@ class Geometry:
 
 def layer_macs(
     tokens: Number, dim: int, head_dim: int, heads: Number, mlp_hidden: Number,
-    attn_on: Number = 1, mlp_on: Number = 1, scores: bool = False,
+    attn_on: Number = 1, mlp_on: Number = 1,
 ) -> Number:
-    """MACs of one block over `tokens` tokens: qkv, QK^T, AV, proj, MLP, and the class-row scores if computed."""
+    """MACs of one block over `tokens` tokens: qkv, QK^T, AV, proj, MLP. A layer that scores tokens costs no more at
+    inference: the scores read the class row of its own attention (`token_ops.attention_with_class_row`)."""
     width = heads * head_dim
     attention = tokens * dim * 3 * width + 2 * tokens * tokens * width + tokens * width * dim
-    if scores:  # the class row again (q.K^T and A.V), for the token scores
-        attention = attention + 2 * tokens * width
     mlp = 2 * tokens * dim * mlp_hidden
     return attn_on * attention + mlp_on * mlp
 
@@ -63,7 +61,7 @@ def model_macs(geom: Geometry, tokens_per_layer: Sequence[Number]) -> Number:
     for i, tokens in enumerate(tokens_per_layer):
         h, m = geom.heads[i], geom.mlp_hidden[i]
         total = total + layer_macs(tokens, geom.embed_dim, geom.head_dim, h, m,
-                                   attn_on=int(h > 0), mlp_on=int(m > 0), scores=i in geom.score_layers and h > 0)
+                                   attn_on=int(h > 0), mlp_on=int(m > 0))
     return total
 
 

@@ -103,12 +103,13 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     bias = layout.bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = None
-    if want_scores:
-        weights_attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, attn.scale, None, heads_first=True,
-                                                           key_bias=bias)
+    if want_scores:  # the class row of this layer's own attention (token_ops.attention_with_class_row)
+        out, weights_attn, head_out = token_ops.attention_with_class_row(q, k, v, attn.scale, key_bias=bias,
+                                                                         heads_first=True)
         scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     out = out.reshape(attn.num_heads, -1, attn.head_dim).index_select(1, layout.flat)
     out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores

@@ -134,7 +134,7 @@ class GatedViT(nn.Module):
             patch_area=vit.patch_embed.patch_size[0] * vit.patch_embed.patch_size[1],
             num_patches=vit.patch_embed.num_patches, num_prefix=self.num_prefix, num_classes=vit.num_classes,
             num_heads_out=2 if getattr(vit, "head_dist", None) is not None else 1, head_dim=head_dim,
-            heads=s.heads, mlp_hidden=s.mlp_hidden, score_layers=self.score_layers,
+            heads=s.heads, mlp_hidden=s.mlp_hidden,
         )
 
     def set_select(self, impl: str, caps: Optional[Sequence[int]] = None) -> "GatedViT":
@@ -234,8 +234,7 @@ class GatedViT(nn.Module):
             hidden = geom.mlp_hidden[i] if g.channels is None else g.channels.sum(dim=-1)
             attn_on = int(geom.heads[i] > 0) if g.attn is None else g.attn
             mlp_on = int(geom.mlp_hidden[i] > 0) if g.mlp is None else g.mlp
-            total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on,
-                                       scores=i in geom.score_layers and geom.heads[i] > 0)
+            total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on)
         return torch.as_tensor(total, dtype=torch.float32).expand(tokens.shape[0]) if not torch.is_tensor(total) else total
 
     def static_macs(self) -> torch.Tensor:
@@ -254,7 +253,7 @@ class GatedViT(nn.Module):
         per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, fewest)
         total = float(embed_and_head_macs(geom))
         for i in self.score_layers:
-            total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0, scores=True))
+            total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0))
         return total
 
     # ---- slicing -------------------------------------------------------------------------------------------

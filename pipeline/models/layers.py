@@ -45,10 +45,16 @@ class GatedAttention(Attention):
         q, k = self.q_norm(q), self.k_norm(k)
         if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
             v = v * value_gate[:, None, :, None]
-        out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
         scores = None
+        if want_scores and not self.training:  # the class row of this attention (one pass; see token_ops)
+            out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
+            attn, head_out = attn.detach(), head_out.detach()
+        else:
+            out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
         if want_scores:
-            attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale, key_valid)
+            if self.training:  # keeps the fused kernel; the scores pass no gradient into q, k, v either way
+                attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale,
+                                                           key_valid)
             gate = None if head_gate is None else head_gate.detach()
             weights = token_ops.head_importance(head_out, gate)
             scores = token_ops.token_scores(attn, weights, num_prefix, key_valid)

@@ -39,6 +39,37 @@ def class_attention(
     return attn, torch.einsum(f"bhn,{kv}->bhd", attn, v)
 
 
+def attention_with_class_row(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_valid: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None, heads_first: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention written out, returning its output and the class row that `class_attention` would recompute.
+
+    A layer that scores tokens at inference takes the class row from its own attention matrix instead of a second
+    class-token pass: the same values (to float rounding) for five fewer nodes per stage in an exported graph, which
+    is what an ONNX Runtime run pays for at batch 1 (~10 us per node). Training keeps the fused kernel and the
+    detached `class_attention` (no gradient from the scores into q, k, v).
+
+    Args:
+        q, k, v: [B, H, N, d] ([H, B, N, d] if heads_first).
+        key_valid: [B, N] bool, False for padded or dropped keys; key_bias: [B, 1, N] float added to the logits.
+    Returns:
+        out [B, H, N, d] (input layout), class attention [B, H, N] and each head's class-token output [B, H, d].
+    """
+    logits = (q * scale) @ k.transpose(-1, -2)
+    if key_valid is not None:
+        mask = key_valid[None, :, None, :] if heads_first else key_valid[:, None, None, :]
+        logits = logits.masked_fill(~mask, float("-inf"))
+    if key_bias is not None:
+        logits = logits + (key_bias[None] if heads_first else key_bias[:, None])
+    probs = logits.softmax(dim=-1)
+    out = probs @ v
+    cls_attn, head_out = probs[..., 0, :], out[..., 0, :]
+    if heads_first:
+        cls_attn, head_out = cls_attn.transpose(0, 1), head_out.transpose(0, 1)
+    return out, cls_attn, head_out
+
+
 def head_importance(head_out: torch.Tensor, head_gate: torch.Tensor | None = None) -> torch.Tensor:
     """Per-head weights: the norm of each head's class-token output, normalised to sum to 1 across heads.
 

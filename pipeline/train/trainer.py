@@ -4,7 +4,6 @@ Each phase checkpoints after every epoch; re-running the same command on the sam
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -158,7 +157,7 @@ def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, r
 def check_budget(cfg: Config) -> None:
     """Refuse a budget the student cannot reach, before spending any time training towards it."""
     probe = build_student(replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False)))
-    reference = dense_macs(dataclasses.replace(probe.geometry(), score_layers=()))
+    reference = dense_macs(probe.geometry())
     floor = probe.minimum_macs() / reference
     if cfg.budget.target < floor:
         raise fail(f"budget.target={cfg.budget.target} is below {floor:.3f}, the cheapest this model can get (patch "

@@ -45,7 +45,10 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
     assert len(result.quantized) == 4 * depth + 2, "qkv, proj, fc1, fc2 per block, plus patch embedding and head"
     excluded = selection_nodes(source)
     types = {n.name: n.op_type for n in source.graph.node}
-    assert {"Einsum", "Softmax", "Greater", "TopK"} <= {types[n] for n in excluded}, "scores, comparisons, ranking"
+    assert {"ReduceL2", "Greater", "TopK"} <= {types[n] for n in excluded}, "head importance, comparisons, ranking"
+    softmax = {out for n in source.graph.node if n.op_type == "Softmax" for out in n.output}
+    assert any(set(n.input) & softmax for n in source.graph.node if n.name in excluded), \
+        "the class-attention row is read off a scoring layer's own softmax"
     assert not set(excluded) & set(result.quantized)
     assert rounded_inputs(model, excluded) == [], "no selection node computes on int8-rounded values"
     info, src_info = read_info(result.path), read_info(exported[flavor])

@@ -76,6 +76,26 @@ def test_kept_set_is_exactly_the_threshold_rule():
     assert lengths[:, 0].tolist() == (1 + torch.maximum((scores > 1.0).sum(dim=1), torch.tensor(1))).tolist()
 
 
+def test_inference_scores_equal_the_training_paths():
+    """At inference a scoring layer reads the class row off its own attention; in training it keeps the fused
+    kernel and a separate class-token pass. Both give the same output and scores (dropout is 0 here)."""
+    model = _student("custom-28", threshold=1.0)
+    attn = model.vit.blocks[model.score_layers[0]].attn
+    assert attn.attn_drop.p == 0.0
+    x = torch.randn(3, model.geometry().num_tokens, 64, generator=torch.Generator().manual_seed(4))
+    valid = torch.ones(3, x.shape[1], dtype=torch.bool)
+    valid[1, 20:] = False
+    with torch.no_grad():
+        for key_valid in (None, valid):
+            out_eval, scores_eval = attn.forward_gated(x, key_valid, want_scores=True)
+            attn.train()
+            out_train, scores_train = attn.forward_gated(x, key_valid, want_scores=True)
+            attn.eval()
+            torch.testing.assert_close(out_eval, out_train, rtol=0, atol=PATH_TOL)
+            torch.testing.assert_close(scores_eval, scores_train, rtol=0, atol=PATH_TOL)
+    assert scores_eval[1, 19:].eq(float("-inf")).all()
+
+
 def test_min_keep_is_respected_when_nothing_passes():
     model = _student("custom-28", min_keep=3)
     with torch.no_grad():

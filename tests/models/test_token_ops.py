@@ -139,3 +139,33 @@ def test_class_attention_heads_first_layout_is_the_same_computation():
                                               valid, heads_first=True)
     assert torch.allclose(attn_h, attn, atol=1e-6) and torch.allclose(out_h, out, atol=1e-6)
     assert attn[1, :, 3:].eq(0).all()
+
+
+@pytest.mark.parametrize("heads_first", [False, True])
+def test_attention_with_class_row_is_sdpa_plus_class_attention(heads_first):
+    """The one-pass form (inference) against the two it replaces: SDPA's output and the class-token pass."""
+    torch.manual_seed(1)
+    q, k, v = torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5)  # [B, H, N, d]
+    valid = torch.tensor([[True] * 6, [True] * 2 + [False] * 4, [True] * 5 + [False]])
+    scale = 5 ** -0.5  # SDPA's default for d = 5, as the layers use it
+    args = [t.transpose(0, 1) for t in (q, k, v)] if heads_first else [q, k, v]
+    out, cls_attn, head_out = token_ops.attention_with_class_row(*args, scale, valid, heads_first=heads_first)
+    if heads_first:
+        out = out.transpose(0, 1)
+    torch.testing.assert_close(out, token_ops.masked_attention(q, k, v, valid), rtol=0, atol=1e-6)
+    ref_attn, ref_head = token_ops.class_attention(q[:, :, 0], k, v, scale, valid)
+    torch.testing.assert_close(cls_attn, ref_attn, rtol=0, atol=1e-6)
+    torch.testing.assert_close(head_out, ref_head, rtol=0, atol=1e-6)
+    assert cls_attn[1, :, 2:].eq(0).all()  # exact: masked keys get no attention
+
+
+def test_attention_with_class_row_takes_the_additive_key_bias():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(3, 4, 5, 6) for _ in range(3))  # [H, B, N, d]: heads first, as the packed layout runs it
+    bias = torch.zeros(4, 1, 5)
+    bias[2, 0, 3:] = -50.0
+    _, cls_attn, head_out = token_ops.attention_with_class_row(q, k, v, 0.3, key_bias=bias, heads_first=True)
+    ref_attn, ref_head = token_ops.class_attention(q[:, :, 0], k, v, 0.3, None, heads_first=True, key_bias=bias)
+    torch.testing.assert_close(cls_attn, ref_attn, rtol=0, atol=1e-6)
+    torch.testing.assert_close(head_out, ref_head, rtol=0, atol=1e-6)
+    assert cls_attn[2, :, 3:].max() < 1e-20  # e^-50 of the row's largest weight at most
