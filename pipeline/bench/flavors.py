@@ -30,7 +30,7 @@ from pipeline.export.onnx_export import capped_limits
 
 def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[int], rounds: int,
                     models: Sequence[str] = ("tokens", "combined"), images: Optional[int] = None,
-                    threads: int = 0, profile_runs: int = 3) -> dict:
+                    threads: int = 0, profile_runs: int = 8) -> dict:
     target = load_target(source)
     pool_set = load_images(target.cfg, target.spec.images, images or target.spec.num_images, target.spec.seed)
     built, _ = prepare_models(target, pool_set.inputs)
@@ -56,7 +56,7 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
             p50 = percentile(timings.latencies[(key, batch)], 50)
             row = {"latency_ms_p50": 1000 * p50, "speedup_vs_dense": dense / p50}
             if key != "dense":
-                shares = profile_model(call.path, "ort-cpu", batch_at(pool, batch, 0), profile_runs,
+                shares = profile_model(call.path, "ort-cpu", [batch_at(pool, batch, i) for i in range(profile_runs)],
                                        str(call.path.with_name(f".profile.{batch}")), threads)
                 row.update(select_share=shares.select_share, scores_share=shares.scores_share)
             table[f"{key}@{batch}"] = row

@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -157,52 +157,60 @@ def _standard_selection(graph: Graph, scores: str) -> set[int]:
 
 @dataclass
 class ProfileShares:
-    select_share: float  # TokenSelect kernel time / model run time
+    select_share: float  # TokenSelect kernel time / model run time (median over the profiled runs)
     scores_share: float
     matched: float  # share of kernel time on node names found in the exported graph
-    run_ms: float  # mean model run time while profiling
+    run_ms: float  # median model run time while profiling
     top_ops: list[tuple[str, float]]  # op type -> share of kernel time
     method: str
     stages: int
+    runs: int = 0  # profiled runs the medians are over
 
     def to_dict(self) -> dict:
         return {"select_share": self.select_share, "scores_share": self.scores_share, "matched": self.matched,
                 "run_ms": self.run_ms, "top_ops": [[op, share] for op, share in self.top_ops], "method": self.method,
-                "stages_found": self.stages}
+                "stages_found": self.stages, "runs": self.runs}
 
 
 def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], skip_runs: int = 1) -> ProfileShares:
-    """Shares of kernel time per category over the model runs after the first `skip_runs` (warm-up)."""
+    """Shares of kernel time per category over the model runs after the first `skip_runs` (warm-up).
+
+    Each run's share is its own selection (scores) kernel time over its own run time, and the shares are the medians
+    over runs: on a shared machine one run slowed by another process would otherwise weigh as much as all others."""
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])[skip_runs:]
     if not runs:
         raise ValueError("the profile holds no model run after the warm-up")
-    start = runs[0]["ts"]
-    run_time = float(sum(e["dur"] for e in runs))
+    starts = [float(r["ts"]) for r in runs]
     kernels = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-               and e["ts"] >= start]
+               and e["ts"] >= starts[0]]
     total = float(sum(e["dur"] for e in kernels)) or 1.0
-    select = scores = matched = 0.0
+    select, scores = np.zeros(len(runs)), np.zeros(len(runs))
+    matched = 0.0
     ops: Counter = Counter()
     for e in kernels:
         name = e["name"][: -len("_kernel_time")]
+        run = int(np.searchsorted(starts, float(e["ts"]), side="right")) - 1  # the run the kernel started in
         ops[e.get("args", {}).get("op_name", "?")] += e["dur"]
         matched += e["dur"] if name in graph_names else 0.0
-        select += e["dur"] if name in regions.select else 0.0
-        scores += e["dur"] if name in regions.scores else 0.0
-    return ProfileShares(select_share=select / run_time, scores_share=scores / run_time, matched=matched / total,
-                         run_ms=run_time / len(runs) / 1000.0,
+        select[run] += e["dur"] if name in regions.select else 0.0
+        scores[run] += e["dur"] if name in regions.scores else 0.0
+    run_time = np.array([float(r["dur"]) for r in runs])
+    return ProfileShares(select_share=float(np.median(select / run_time)),
+                         scores_share=float(np.median(scores / run_time)), matched=matched / total,
+                         run_ms=float(np.median(run_time)) / 1000.0,
                          top_ops=[(op, d / total) for op, d in ops.most_common(8)], method=regions.method,
-                         stages=regions.stages)
+                         stages=regions.stages, runs=len(runs))
 
 
-def profile_model(path: Path, runtime: str, images: np.ndarray, runs: int, prefix: str,
+def profile_model(path: Path, runtime: str, batches: Sequence[np.ndarray], prefix: str,
                   threads: int = 0) -> Optional[ProfileShares]:
-    """Open a profiling session, run one warm-up and `runs` batches, attribute the kernel time."""
+    """Open a profiling session, run the first batch as a warm-up and then every batch, attribute the kernel time.
+    Different batches keep different token counts, so they are what the share should be an average case of."""
     from pipeline.bench.sessions import OrtCall
 
     call = OrtCall(path, runtime, threads=threads, profile_prefix=prefix)
-    for _ in range(runs + 1):
+    for images in [batches[0], *batches]:
         call(images)
     trace = Path(call.end_profiling())
     try:

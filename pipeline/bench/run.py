@@ -41,7 +41,7 @@ class BenchOptions:
     warmup_s: float = 1.0
     min_round_s: float = 0.3
     images: Optional[int] = None  # pool size; default: the target's bench.num_images, 256 for a run
-    profile_runs: int = 3
+    profile_runs: int = 8  # profiled batches per gated model and batch size (the shares are medians over them)
     top1_limit: int = 0  # 0 = the whole validation split
     opset: int = 20
     show: bool = True
@@ -211,7 +211,8 @@ def profile_selection(paths: dict[str, Path], runtime: str, pool: np.ndarray, op
             continue
         for batch in opts.batch_sizes:
             prefix = str(path.with_name(f".profile.{name}.{batch}"))
-            result = profile_model(path, runtime, batch_at(pool, batch, 0), opts.profile_runs, prefix, opts.threads)
+            batches = [batch_at(pool, batch, i) for i in range(opts.profile_runs)]
+            result = profile_model(path, runtime, batches, prefix, opts.threads)
             shares[f"{name}@{batch}"] = result.select_share
             details[f"{name}@{batch}"] = result.to_dict()
             method = result.method

@@ -76,3 +76,20 @@ def test_profile_shares_skip_the_warm_up_run():
     assert shares.scores_share == pytest.approx(10 / 200, abs=1e-12)
     assert shares.matched == pytest.approx(160 / 200, abs=1e-12)  # the unknown node's 40 us are not matched
     assert shares.run_ms == pytest.approx(0.2, abs=1e-12)
+
+
+def test_profile_shares_are_medians_over_runs():
+    """Three runs after the warm-up; the middle one is slowed (twice the selection time): it does not set the share."""
+    regions = selection_regions(two_stage_graph())
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}]  # warm-up
+    for start, keep, run in ((1000, 20, 200), (2000, 60, 300), (3000, 30, 200)):
+        events += [
+            {"cat": "Session", "name": "model_run", "ts": start, "dur": run},
+            {"cat": "Node", "name": "a_h_kernel_time", "ts": start + 5, "dur": 100, "args": {"op_name": "MatMul"}},
+            {"cat": "Node", "name": "a_keep_kernel_time", "ts": start + 110, "dur": keep, "args": {"op_name": "Greater"}},
+        ]
+    shares = parse_profile(events, regions, {n.name for n in two_stage_graph().graph.node})
+    assert shares.runs == 3
+    assert shares.select_share == pytest.approx(30 / 200, abs=1e-12)  # per-run 0.10, 0.20, 0.15: the median
+    assert shares.run_ms == pytest.approx(0.2, abs=1e-12)
+    assert shares.scores_share == 0.0
