@@ -56,12 +56,12 @@ def attention_with_class_row(
     Returns:
         out [B, H, N, d] (input layout), class attention [B, H, N] and each head's class-token output [B, H, d].
     """
-    logits = (q * scale) @ k.transpose(-1, -2)
+    logits = (q * scale) @ k.transpose(-1, -2)  # [B, H, N, N]; [H, B, N, N] heads first, where [B, 1, N] broadcasts
     if key_valid is not None:
-        mask = key_valid[None, :, None, :] if heads_first else key_valid[:, None, None, :]
+        mask = key_valid[:, None, :] if heads_first else key_valid[:, None, None, :]
         logits = logits.masked_fill(~mask, float("-inf"))
     if key_bias is not None:
-        logits = logits + (key_bias[None] if heads_first else key_bias[:, None])
+        logits = logits + (key_bias if heads_first else key_bias[:, None])
     probs = logits.softmax(dim=-1)
     out = probs @ v
     cls_attn, head_out = probs[..., 0, :], out[..., 0, :]
