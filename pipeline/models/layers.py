@@ -45,16 +45,9 @@ class GatedAttention(Attention):
         q, k = self.q_norm(q), self.k_norm(k)
         if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
             v = v * value_gate[:, None, :, None]
+        out, attn, head_out = self._attend(q, k, v, key_valid, want_scores)
         scores = None
-        if want_scores and not self.training:  # the class row of this attention (one pass; see token_ops)
-            out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
-            attn, head_out = attn.detach(), head_out.detach()
-        else:
-            out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
         if want_scores:
-            if self.training:  # keeps the fused kernel; the scores pass no gradient into q, k, v either way
-                attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale,
-                                                           key_valid)
             gate = None if head_gate is None else head_gate.detach()
             weights = token_ops.head_importance(head_out, gate)
             scores = token_ops.token_scores(attn, weights, num_prefix, key_valid)
@@ -63,6 +56,20 @@ class GatedAttention(Attention):
             head_gate = None
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(_gated_linear(self.proj, out, head_gate, group=self.head_dim)), scores
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
+                want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Attention output and, if scores are wanted, the class row and each head's class-token output, detached
+        (the scores pass no gradient into q, k, v). Inference reads them off this attention in one pass
+        (`token_ops.attention_with_class_row`); training keeps the fused kernel and a separate class-token pass."""
+        if want_scores and not self.training:
+            out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
+            return out, attn.detach(), head_out.detach()
+        out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
+        if not want_scores:
+            return out, None, None
+        attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale, key_valid)
+        return out, attn, head_out
 
 
 class GatedMlp(Mlp):
