@@ -25,6 +25,7 @@ from pipeline.export.metadata import ExportInfo, attach
 from pipeline.models import GatedViT
 
 FLAVORS = ("plugin", "native", "capped", "dense")
+TENSORRT_FLAVORS = ("plugin", "capped")  # built by TensorRT / TensorRT-RTX: scores keep a separate class-token pass
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18+; TokenSelect's neighbours (TopK, Where, ...) need nothing newer
 TWO_GB = 2 * 1024**3
 INPUT_NAME = "images"
@@ -61,6 +62,7 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
     model = copy.deepcopy(model).eval()
     if flavor != "dense":
         model.set_select({"plugin": "op", "native": "native", "capped": "capped"}[flavor], caps)
+        model.share_score_attention(flavor not in TENSORRT_FLAVORS)
     schema.register_schema()
     images = torch.randn(2, *info.input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -147,6 +147,17 @@ class GatedViT(nn.Module):
         self.select_impl, self.caps = impl, None if caps is None else tuple(int(c) for c in caps)
         return self
 
+    def share_score_attention(self, shared: bool) -> "GatedViT":
+        """At inference, scoring layers read the class row off their own attention (`shared`: one pass, the fewest
+        nodes, what ONNX Runtime wants), or run a separate class-token pass, which leaves each attention a plain
+        MatMul-Softmax-MatMul with one consumer: the pattern TensorRT fuses into a single attention kernel. Same values
+        either way (to float rounding); the MACs model counts the shared form (the separate pass adds 2 N d per
+        head, about 0.1% of a DeiT)."""
+        for block in self.vit.blocks:
+            if block.attn is not None:
+                block.attn.shared_scores = shared
+        return self
+
     # ---- shared pieces -------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit

@@ -29,6 +29,10 @@ class BlockGates(NamedTuple):
 class GatedAttention(Attention):
     """timm Attention that masks invalid keys, gates heads, and can return class-attention token scores."""
 
+    # At inference, read the scores' class row off this attention (one pass) rather than a separate class-token pass;
+    # GatedViT.share_score_attention sets it per exported graph.
+    shared_scores: bool = True
+
     def forward_gated(
         self,
         x: torch.Tensor,
@@ -61,8 +65,9 @@ class GatedAttention(Attention):
                 want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Attention output and, if scores are wanted, the class row and each head's class-token output, detached
         (the scores pass no gradient into q, k, v). Inference reads them off this attention in one pass
-        (`token_ops.attention_with_class_row`); training keeps the fused kernel and a separate class-token pass."""
-        if want_scores and not self.training:
+        (`token_ops.attention_with_class_row`) unless `shared_scores` is off; training keeps the fused kernel and a
+        separate class-token pass."""
+        if want_scores and not self.training and self.shared_scores:
             out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
             return out, attn.detach(), head_out.detach()
         out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)

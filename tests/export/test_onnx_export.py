@@ -65,6 +65,19 @@ def test_plugin_flavor_has_one_fused_node_per_stage_and_others_none(exported):
     assert "TopK" in native_ops
 
 
+def test_tensorrt_flavors_keep_attention_fusable(exported):
+    """Graphs for TensorRT score tokens in a separate class-token pass, so no attention softmax feeds the scores
+    (attention stays the pattern TensorRT fuses); the ONNX Runtime graph reads the class row off the scoring layers'
+    own softmax."""
+    _, run, paths = exported
+    scoring = len(load_student(run).stages)
+    for flavor in ("plugin", "native", "capped"):
+        model = onnx.load(str(paths[flavor]))
+        softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax"}
+        row_reads = [n for n in model.graph.node if n.op_type in ("Gather", "Slice") and n.input[0] in softmax]
+        assert len(row_reads) == (0 if flavor in ("plugin", "capped") else scoring), flavor
+
+
 def test_metadata_records_what_later_stages_need(exported):
     cfg, run, paths = exported
     student = load_student(run)
