@@ -32,7 +32,8 @@ from pipeline.errors import fail
 from pipeline.export import schema
 from pipeline.export.metadata import attach, read_info
 
-from calib.selection_path import COMPUTE_OPS, rounded_inputs, score_feeding, selection_nodes
+from calib.selection_path import (COMPUTE_OPS, constant_names, is_weight_product, rounded_inputs, score_feeding,
+                                  selection_nodes)
 from calib.sets import CalibSet
 
 QUANT_KEY = "tokengate_quantization"  # outside read_info's "tokengate." prefix, so older readers ignore it
@@ -65,21 +66,13 @@ def import_quantizer() -> Any:
 
 def weight_nodes(model: onnx.ModelProto, excluded: set[str]) -> list[str]:
     """GEMMs with a constant weight, and Convs, off the selection path: what int8 pays off on."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    chosen = []
-    for n in model.graph.node:
-        if n.name in excluded or n.op_type not in COMPUTE_OPS:
-            continue
-        if n.op_type == "Conv" or (len(n.input) > 1 and n.input[1] in constants):
-            chosen.append(n.name)
-    return chosen
+    constants = constant_names(model)
+    return [n.name for n in model.graph.node if n.name not in excluded and is_weight_product(n, constants)]
 
 
 def activation_inputs(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
     """The non-constant inputs of the nodes to quantize: the tensors that need a calibrated range."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(model)
     wanted = set(nodes)
     names: list[str] = []
     for n in model.graph.node:

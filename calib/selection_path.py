@@ -92,6 +92,19 @@ def _shape_nodes(nodes, producer, constant: set[str]) -> set[str]:
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})  # their outputs are fresh fp32 accumulations
 
 
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """Tensors fixed at export: initializers and the outputs of Constant nodes."""
+    constants = {t.name for t in model.graph.initializer}
+    return constants | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def is_weight_product(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """A Conv, or a MatMul/Gemm whose second operand is a constant: a layer with weights (what int8 quantizes), as
+    opposed to attention's products of two activations (QK^T, AV)."""
+    return node.op_type == "Conv" or (node.op_type in COMPUTE_OPS and len(node.input) > 1
+                                      and node.input[1] in constants)
+
+
 DECISION_OPS = frozenset({"Greater", "TopK", "ArgMax"})  # threshold comparison, ranking, min_keep top-up
 
 
@@ -120,8 +133,7 @@ def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     for n in model.graph.node:
         for name in n.input:
             consumers[name].append(n)
-    weights = {t.name for t in model.graph.initializer}
-    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(model)
     wanted, chosen = score_nodes(model), []
     by_name = {n.name: n for n in model.graph.node}
     for name in candidates:
@@ -132,7 +144,7 @@ def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
                     chosen.append(name)
                     frontier = []
                     break
-                if c.name not in seen and not (c.op_type in COMPUTE_OPS and weights & set(c.input)):
+                if c.name not in seen and not is_weight_product(c, constants):
                     seen.add(c.name)
                     frontier += list(c.output)
     return chosen
