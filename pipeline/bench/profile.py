@@ -164,7 +164,7 @@ class ProfileShares:
     top_ops: list[tuple[str, float]]  # op type -> share of kernel time
     method: str
     stages: int
-    runs: int = 0  # profiled runs the medians are over
+    runs: int  # profiled runs the medians are over
 
     def to_dict(self) -> dict:
         return {"select_share": self.select_share, "scores_share": self.scores_share, "matched": self.matched,
