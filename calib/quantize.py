@@ -30,10 +30,10 @@ import onnx
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
 from pipeline.export import schema
+from pipeline.export.graph import constant_names
 from pipeline.export.metadata import attach, read_info
 
-from calib.selection_path import (COMPUTE_OPS, constant_names, is_weight_product, rounded_inputs, score_feeding,
-                                  selection_nodes)
+from calib.selection_path import COMPUTE_OPS, is_weight_product, rounded_inputs, score_feeding, selection_nodes
 from calib.sets import CalibSet
 
 QUANT_KEY = "tokengate_quantization"  # outside read_info's "tokengate." prefix, so older readers ignore it

@@ -17,6 +17,8 @@ from collections import defaultdict
 
 import onnx
 
+from pipeline.export.graph import constant_names
+
 CUSTOM_DOMAIN = "tokengate"
 # Inputs that steer a node (indices, conditions, shapes, axes, counts) rather than carry the values it computes on.
 INDEX_INPUTS: dict[str, frozenset[int]] = {
@@ -43,7 +45,7 @@ def selection_nodes(model: onnx.ModelProto, appliers: bool = True) -> list[str]:
         for slot, name in enumerate(n.input):
             consumers[name].append((n, slot))
     outputs = {o.name for o in graph.output}
-    constant = {i.name for i in graph.initializer}
+    constant = constant_names(model)
 
     # Data path: what the logits are computed from. `kept_tokens` (lengths) is an output too, but of the selection.
     data_path = _reaching(nodes, {graph.output[0].name}, consumers, data_only=True)
@@ -90,12 +92,6 @@ def _shape_nodes(nodes, producer, constant: set[str]) -> set[str]:
 
 
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})  # their outputs are fresh fp32 accumulations
-
-
-def constant_names(model: onnx.ModelProto) -> set[str]:
-    """Tensors fixed at export: initializers and the outputs of Constant nodes."""
-    constants = {t.name for t in model.graph.initializer}
-    return constants | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def is_weight_product(node: onnx.NodeProto, constants: set[str]) -> bool:

@@ -22,6 +22,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import onnx
 
+from pipeline.export.graph import constant_names
+
 GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
                       "Constant", "ConstantOfShape", "Cast", "Transpose", "Identity"})
 NORM_OPS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
@@ -48,9 +50,7 @@ class Graph:
                 producer[name] = i
             for name in node.input:
                 consumers.setdefault(name, []).append(i)
-        constants = {t.name for t in model.graph.initializer}
-        constants |= {o for n in nodes if n.op_type == "Constant" for o in n.output}
-        return Graph(nodes, producer, consumers, constants)
+        return Graph(nodes, producer, consumers, constant_names(model))
 
     def ancestors(self, tensors: Iterable[str]) -> set[int]:
         seen, stack = set(), [self.producer[t] for t in tensors if t in self.producer]

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pipeline.errors import fail
+from pipeline.export.graph import constant_names
 
 DOMAIN = "tokengate"
 OP_TYPE = "TokenSelect"
@@ -73,8 +74,7 @@ def bound_topk(model: onnx.ModelProto) -> int:
 
     Graph-level TopK nodes only (the exporter inlines everything); a k that is an initializer is constant already.
     """
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(model)
     nodes, count = [], 0
     for node in model.graph.node:
         if node.op_type == "TopK" and len(node.input) > 1 and node.input[1] not in constants:
