@@ -35,6 +35,39 @@ def token_select_graph(num_prefix: int, min_keep: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), schema.opset_import()])
 
 
+def _scored_stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
+    """block compute (MatMul) -> scores (ReduceMean, Div) -> S > theta -> mask the tokens -> LayerNormalization."""
+    c = lambda name, value: numpy_helper.from_array(np.array(value, np.float32), f"{prefix}{name}")  # noqa: E731
+    inits = [c("w", np.eye(4)), c("two", 2.0), c("theta", theta), c("zero", 0.0), c("ninf", -np.inf)]
+    n = lambda op, ins, outs, **kw: helper.make_node(op, [f"{prefix}{i}" if i not in (x,) else i for i in ins],  # noqa
+                                                     [f"{prefix}{o}" for o in outs], name=f"{prefix}{outs[0]}", **kw)
+    nodes = [
+        n("MatMul", [x, "w"], ["h"]),
+        n("ReduceMean", ["h"], ["raw"], axes=[2], keepdims=0),
+        n("Div", ["raw", "two"], ["scores"]),
+        n("Greater", ["scores", "theta"], ["keep"]),
+        n("Where", ["keep", "scores", "ninf"], ["ranked"]),  # a copy of S (as in the capped re-ranking)
+        n("Greater", ["ranked", "zero"], ["positive"]),  # compares the copy with a constant: not a stage of its own
+        n("And", ["keep", "positive"], ["kept"]),
+        n("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
+        n("Unsqueeze", ["mask", "axis"], ["mask3"]),
+        n("Mul", ["h", "mask3"], ["y"]),
+        n("LayerNormalization", ["y", "gamma"], ["normed"], axis=-1),
+    ]
+    inits += [numpy_helper.from_array(np.array([2], np.int64), f"{prefix}axis"), c("gamma", np.ones(4))]
+    return nodes, inits, f"{prefix}normed"
+
+
+def two_stage_graph() -> onnx.ModelProto:
+    """Two standard-op token stages on x [B, 5, 4]: what the bench's region finder and timer take apart."""
+    nodes1, inits1, out1 = _scored_stage("a_", "x", 1.0)
+    nodes2, inits2, out2 = _scored_stage("b_", out1, 0.5)
+    graph = helper.make_graph(nodes1 + nodes2, "two_stages",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 4])],
+                              [helper.make_tensor_value_info(out2, TensorProto.FLOAT, ["B", 5, 4])], inits1 + inits2)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def tiny_model(flavor: str, cfg: Config, run_dir: Path, tagged: bool = True) -> onnx.ModelProto:
     """images [B, 1, 4, 4] -> 4 tokens -> (plugin: TokenSelect on the mean channel value) -> logits, kept_tokens.
 

@@ -56,8 +56,8 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
             p50 = percentile(timings.latencies[(key, batch)], 50)
             row = {"latency_ms_p50": 1000 * p50, "speedup_vs_dense": dense / p50}
             if key != "dense":
-                shares = profile_model(call.path, "ort-cpu", [batch_at(pool, batch, i) for i in range(profile_runs)],
-                                       str(call.path.with_name(f".profile.{batch}")), threads)
+                shares = profile_model(call, [batch_at(pool, batch, i) for i in range(profile_runs)],
+                                       str(call.path.with_name(f".profile.{batch}")))
                 row.update(select_share=shares.select_share, scores_share=shares.scores_share)
             table[f"{key}@{batch}"] = row
     return {"target": str(source), "rounds": rounds, "load": load, "table": table}

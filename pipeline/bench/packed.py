@@ -22,9 +22,9 @@ Four choices make the layout cheap on ONNX Runtime's CPU provider (each measured
   `token_ops.top_rank_mask(scores, 1)`) instead of the O(N^2) pairwise ranking. `select="op"` runs the fused
   TokenSelect op on the per-sample view instead (the plugin flavor's node) and packs its output;
 - heads are split on the packed rows and gathered head-first (see `packed_attention`), and every reshape after a
-  selection takes -1 for the data-dependent size: ONNX Runtime pays ~10 us per node at batch 1, and a reshape to a
-  computed size costs shape nodes in every block (DeiT-S combined: 152 -> 133 selection nodes, TokenSelect's share at
-  batch 1 3.3-3.6% -> 2.5%).
+  selection takes -1 for the data-dependent size: a reshape to a computed size costs shape nodes in every block
+  (DeiT-S combined: 152 -> 133 selection nodes), and every node has a fixed cost in ONNX Runtime (~1 us unprofiled
+  on the build VM; see `region_time` for why not ~10 us, as its profiler says).
 
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
 up to float rounding (tests/bench/test_bench_packed.py), and exports with the same dynamo exporter.
@@ -58,7 +58,7 @@ class Layout(NamedTuple):
 def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
     """The packed layout of samples holding lengths[b] leading tokens out of `width` positions.
 
-    Written for a short exported graph (each ONNX Runtime node costs ~10 us at batch 1, whatever its size): a sample's
+    Written for a short exported graph (each ONNX Runtime node has a fixed cost whatever its size): a sample's
     rows start at the exclusive cumulative sum of the lengths, padding points at that first row, and every tensor is
     built once per stage in the shape its users take (flat indices, a bias that broadcasts), not reshaped per block."""
     positions = torch.arange(width, device=lengths.device)

@@ -17,11 +17,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
 
+from pipeline.bench.region_time import RegionTimes, time_regions
+from pipeline.bench.sessions import OrtCall
 from pipeline.export.graph import constant_names
 
 GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
@@ -203,23 +205,46 @@ def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], s
                          stages=regions.stages, runs=len(runs))
 
 
-def profile_model(path: Path, runtime: str, batches: Sequence[np.ndarray], prefix: str,
-                  threads: int = 0) -> Optional[ProfileShares]:
-    """Open a profiling session, run the first batch as a warm-up and then every batch, attribute the kernel time.
-    Different batches keep different token counts, so they are what the share should be an average case of."""
-    from pipeline.bench.sessions import OrtCall
+@dataclass
+class SelectionCost:
+    """TokenSelect's and the scores' share of run time: measured unprofiled (`region_time`, the reported shares) and
+    as ORT's profiler attributes kernel time (which overstates regions of small nodes; kept for its breakdown)."""
 
-    call = OrtCall(path, runtime, threads=threads, profile_prefix=prefix)
+    select_share: float
+    scores_share: float
+    timed: RegionTimes
+    profiled: ProfileShares
+
+    def to_dict(self) -> dict:
+        return {"select_share": self.select_share, "scores_share": self.scores_share,
+                "select_ms": self.timed.region_s["select"] * 1000, "scores_ms": self.timed.region_s["scores"] * 1000,
+                "run_ms": self.timed.model_s * 1000, "timed_batches": self.timed.batches, "reps": self.timed.reps,
+                "method": self.profiled.method, "timing": "each region cut out of ORT's optimized graph and timed on "
+                "its own, unprofiled, alternating with the whole model (pipeline/bench/region_time.py)",
+                "stages_found": self.profiled.stages, "profiler": self.profiled.to_dict()}
+
+
+def profile_model(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
+    """TokenSelect's share of `call`'s run time on `batches`.
+
+    A profiling session (ORT's optimized graph saved beside `prefix`) runs the first batch as a warm-up and then every
+    batch; its graph names the regions and its profile gives the kernel-time breakdown. The shares reported are
+    then measured without the profiler: each region cut out of that graph and timed alternating with `call`.
+    Different batches keep different token counts, so they are what the share should be an average case of."""
+    profiled = OrtCall(call.path, call.runtime, threads=call.threads, profile_prefix=prefix)
     for images in [batches[0], *batches]:
-        call(images)
-    trace = Path(call.end_profiling())
+        profiled(images)
+    trace = Path(profiled.end_profiling())
     try:
         events = json.loads(trace.read_text())
-        ran = call.optimized if call.optimized is not None and call.optimized.is_file() else call.path
-        model = onnx.load(str(ran), load_external_data=False)
+        ran = profiled.optimized if profiled.optimized is not None and profiled.optimized.is_file() else call.path
+        model = onnx.load(str(ran))
     finally:
         trace.unlink(missing_ok=True)
-        if call.optimized is not None:
-            call.optimized.unlink(missing_ok=True)
+        if profiled.optimized is not None:
+            profiled.optimized.unlink(missing_ok=True)
+    del profiled
     regions = selection_regions(model)
-    return parse_profile(events, regions, {n.name for n in model.graph.node})
+    shares = parse_profile(events, regions, {n.name for n in model.graph.node})
+    timed = time_regions(model, {"select": regions.select, "scores": regions.scores}, call, batches, reps)
+    return SelectionCost(timed.shares["select"], timed.shares["scores"], timed, shares)

@@ -91,7 +91,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
                     "cpu": cpu_name(), "python": platform.python_version()},
     }
     if runtime.startswith("ort"):
-        report.update(profile_selection(paths, runtime, pool, opts, show))
+        report.update(profile_selection(calls, pool, opts, show))
     return report
 
 
@@ -198,24 +198,23 @@ def accuracy(target: Target, calls: dict, opts: BenchOptions, show: bool) -> tup
         f"validation split of {target.cfg.data.dataset} ({len(split)} images), through the timed runtime"
 
 
-def profile_selection(paths: dict[str, Path], runtime: str, pool: np.ndarray, opts: BenchOptions,
-                      show: bool) -> dict[str, Any]:
-    """TokenSelect's share of run time per gated model and batch size (a separate, profiled session)."""
+def profile_selection(calls: dict[str, Any], pool: np.ndarray, opts: BenchOptions, show: bool) -> dict[str, Any]:
+    """TokenSelect's share of run time per gated model and batch size (`profile.profile_model`)."""
     from pipeline.bench.profile import profile_model
     from pipeline.bench.timing import batch_at
 
     shares, details = {}, {}
     method = None
-    for name, path in paths.items():
+    for name, call in calls.items():
         if name in ("dense", "static"):
             continue
         for batch in opts.batch_sizes:
-            prefix = str(path.with_name(f".profile.{name}.{batch}"))
+            prefix = str(call.path.with_name(f".profile.{name}.{batch}"))
             batches = [batch_at(pool, batch, i) for i in range(opts.profile_runs)]
-            result = profile_model(path, runtime, batches, prefix, opts.threads)
+            result = profile_model(call, batches, prefix)
             shares[f"{name}@{batch}"] = result.select_share
             details[f"{name}@{batch}"] = result.to_dict()
-            method = result.method
+            method = result.profiled.method
     if shares:
         worst = max(shares, key=shares.get)
         log(f"TokenSelect share of run time: at most {100 * shares[worst]:.2f}% ({worst})", show)

@@ -18,19 +18,28 @@ Call = Callable[[np.ndarray], tuple[np.ndarray, Optional[np.ndarray]]]
 ORT_DEVICES = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
 
 
+def bench_session_options(threads: int = 0, spin: bool = False) -> Any:
+    """Session options of every bench session: `threads` intra-op threads (0: ORT's choice), spinning off unless
+    asked (see the module docstring)."""
+    from pipeline.runtime import import_onnxruntime
+
+    options = import_onnxruntime().SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
 class OrtCall:
     """An ONNX Runtime session as a bench callable."""
 
     def __init__(self, path: Path, runtime: str = "ort-cpu", threads: int = 0, spin: bool = False,
                  profile_prefix: Optional[str] = None):
-        from pipeline.runtime import import_onnxruntime, open_session, plan_session
+        from pipeline.runtime import open_plan, plan_session
 
-        ort = import_onnxruntime()
         plan = plan_session(path, ORT_DEVICES[runtime])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options = bench_session_options(threads, spin)
+        self.runtime, self.threads = runtime, threads
         self.optimized: Optional[Path] = None
         if profile_prefix:  # the profile names the nodes of the graph ORT runs: keep that graph to attribute them
             options.enable_profiling = True
@@ -38,15 +47,8 @@ class OrtCall:
             self.optimized = Path(profile_prefix + ".optimized.onnx")
             options.optimized_model_filepath = str(self.optimized)
             options.log_severity_level = 3  # ORT warns that the saved graph is specific to this CPU: it is meant to be
-        if plan.custom_ops:
-            from pipeline.ops.ort_register import register
-
-            options.register_custom_ops_library(register())
-        for opts in plan.provider_options:
-            if "trt_engine_cache_path" in opts:
-                Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         self.path, self.plan = Path(plan.path), plan
-        self.session = open_session(plan.path, plan.providers, plan.provider_options, options)
+        self.session = open_plan(plan, threads, options)
         self.input_name = self.session.get_inputs()[0].name
         self.device = plan.device
 

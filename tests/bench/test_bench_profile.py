@@ -1,45 +1,10 @@
 """TokenSelect attribution: which nodes of a graph are the selection / the scores, and their share of a profile."""
 from __future__ import annotations
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.bench.profile import parse_profile, selection_regions
-from tests.onnx_models import token_select_graph
-
-
-def _stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
-    """block compute (MatMul) -> scores (ReduceMean, Div) -> S > theta -> mask the tokens -> LayerNormalization."""
-    c = lambda name, value: numpy_helper.from_array(np.array(value, np.float32), f"{prefix}{name}")  # noqa: E731
-    inits = [c("w", np.eye(4)), c("two", 2.0), c("theta", theta), c("zero", 0.0), c("ninf", -np.inf)]
-    n = lambda op, ins, outs, **kw: helper.make_node(op, [f"{prefix}{i}" if i not in (x,) else i for i in ins],  # noqa
-                                                     [f"{prefix}{o}" for o in outs], name=f"{prefix}{outs[0]}", **kw)
-    nodes = [
-        n("MatMul", [x, "w"], ["h"]),
-        n("ReduceMean", ["h"], ["raw"], axes=[2], keepdims=0),
-        n("Div", ["raw", "two"], ["scores"]),
-        n("Greater", ["scores", "theta"], ["keep"]),
-        n("Where", ["keep", "scores", "ninf"], ["ranked"]),  # a copy of S (as in the capped re-ranking)
-        n("Greater", ["ranked", "zero"], ["positive"]),  # compares the copy with a constant: not a stage of its own
-        n("And", ["keep", "positive"], ["kept"]),
-        n("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
-        n("Unsqueeze", ["mask", "axis"], ["mask3"]),
-        n("Mul", ["h", "mask3"], ["y"]),
-        n("LayerNormalization", ["y", "gamma"], ["normed"], axis=-1),
-    ]
-    inits += [numpy_helper.from_array(np.array([2], np.int64), f"{prefix}axis"), c("gamma", np.ones(4))]
-    return nodes, inits, f"{prefix}normed"
-
-
-def two_stage_graph() -> onnx.ModelProto:
-    nodes1, inits1, out1 = _stage("a_", "x", 1.0)
-    nodes2, inits2, out2 = _stage("b_", out1, 0.5)
-    graph = helper.make_graph(nodes1 + nodes2, "two_stages",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, 4])],
-                              [helper.make_tensor_value_info(out2, TensorProto.FLOAT, ["B", 5, 4])], inits1 + inits2)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from tests.onnx_models import token_select_graph, two_stage_graph
 
 
 def test_standard_op_regions_find_each_stage():
