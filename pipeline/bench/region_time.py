@@ -1,10 +1,11 @@
 """A graph region's own run time, measured without ONNX Runtime's profiler.
 
-ORT's profiler builds each node's event record (node and op names, input and output shapes, thread statistics)
-inside the node's measured `kernel_time`. On the 2-core build VM a chain of Reshape nodes runs at 0.8 us a node
-unprofiled and reports 10 us a node profiled, and DeiT-S combined at batch 1 runs 31% slower profiled (43 -> 57 ms,
-~23 us a node over its 584 nodes). A region of ~130 tiny nodes, such as the standard-op selection, is therefore
-overstated several times by its share of kernel time.
+ORT's profiler formats each node's input and output shapes into strings inside the node's measured `kernel_time`
+(its KernelScopeImpl, onnxruntime/core/framework/session_scope.cc, starts the clock before the input shapes and
+stops it after the output shapes and thread statistics). On the 2-core build VM a chain of Reshape nodes runs at
+0.6-0.8 us a node unprofiled and reports 8-10 us a node profiled (`python -m pipeline.bench.node_cost`), and DeiT-S
+combined at batch 1 runs 31% slower profiled (43 -> 57 ms, ~23 us a node over its 584 nodes). A region of ~130 tiny
+nodes, such as the standard-op selection, is therefore overstated several times by its share of kernel time.
 
 So the region is cut out of the graph ORT runs (the optimized model a profiling session saves) as a model of its own,
 fed the values its inputs take in a run of the whole model on the same batch, and timed unprofiled, alternating with
