@@ -19,7 +19,7 @@ from pipeline.bench.images import load_images
 from pipeline.bench.keep import kept_tokens
 from pipeline.bench.metrics import percentile
 from pipeline.bench.prepare import log, prepare_models
-from pipeline.bench.profile import profile_model
+from pipeline.bench.profile import selection_cost
 from pipeline.bench.run import default_cache
 from pipeline.bench.sessions import OrtCall
 from pipeline.bench.target import load_target
@@ -35,7 +35,7 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
     pool_set = load_images(target.cfg, target.spec.images, images or target.spec.num_images, target.spec.seed)
     built, _ = prepare_models(target, pool_set.inputs)
     cache = default_cache(target)
-    calls, paths = {}, {}
+    calls = {}
     dense_path, _ = cached_export(built["dense"], "dense", "dense", cache, target.cfg)
     calls["dense"] = OrtCall(dense_path, threads=threads)
     for name in models:
@@ -43,7 +43,7 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
         for flavor in flavors:
             caps = capped_limits(kept, built[name].num_prefix, 1.0)[0] if flavor == "capped" else None
             path, _ = cached_export(built[name], name, flavor, cache, target.cfg, caps=caps)
-            calls[f"{name}:{flavor}"] = paths[f"{name}:{flavor}"] = OrtCall(path, threads=threads)
+            calls[f"{name}:{flavor}"] = OrtCall(path, threads=threads)
             log(f"{name}:{flavor} ready", True)
     pool = pool_set.inputs.numpy()
     load = [os.getloadavg()]
@@ -56,7 +56,7 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
             p50 = percentile(timings.latencies[(key, batch)], 50)
             row = {"latency_ms_p50": 1000 * p50, "speedup_vs_dense": dense / p50}
             if key != "dense":
-                shares = profile_model(call, [batch_at(pool, batch, i) for i in range(profile_runs)],
+                shares = selection_cost(call, [batch_at(pool, batch, i) for i in range(profile_runs)],
                                        str(call.path.with_name(f".profile.{batch}")))
                 row.update(select_share=shares.select_share, scores_share=shares.scores_share)
             table[f"{key}@{batch}"] = row

@@ -17,13 +17,14 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
 
 from pipeline.bench.region_time import RegionTimes, time_regions
 from pipeline.bench.sessions import OrtCall
+from pipeline.errors import fail
 from pipeline.export.graph import constant_names
 
 GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
@@ -207,38 +208,44 @@ def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], s
 
 @dataclass
 class SelectionCost:
-    """TokenSelect's and the scores' share of run time: measured unprofiled (`region_time`, the reported shares) and
+    """TokenSelect's and the scores' share of run time: timed unprofiled on the CPU provider (`region_time`), else
     as ORT's profiler attributes kernel time (which overstates regions of small nodes; kept for its breakdown)."""
 
     select_share: float
     scores_share: float
-    timed: RegionTimes
+    timed: Optional[RegionTimes]  # None where regions are not timed on their own (GPU providers)
     profiled: ProfileShares
 
     def to_dict(self) -> dict:
-        return {"select_share": self.select_share, "scores_share": self.scores_share,
-                "select_ms": self.timed.region_s["select"] * 1000, "scores_ms": self.timed.region_s["scores"] * 1000,
-                "run_ms": self.timed.model_s * 1000, "timed_batches": self.timed.batches, "reps": self.timed.reps,
-                "method": self.profiled.method, "timing": "each region cut out of ORT's optimized graph and timed on "
-                "its own, unprofiled, alternating with the whole model (pipeline/bench/region_time.py)",
-                "stages_found": self.profiled.stages, "profiler": self.profiled.to_dict()}
+        profiler = {k: v for k, v in self.profiled.to_dict().items() if k not in ("method", "stages_found")}
+        out = {"select_share": self.select_share, "scores_share": self.scores_share, "method": self.profiled.method,
+               "stages_found": self.profiled.stages, "profiler": profiler}
+        if self.timed is None:
+            return {**out, "run_ms": self.profiled.run_ms, "timing": "ORT profiler kernel time (regions are timed on "
+                    "their own on the CPU provider only)"}
+        return {**out, "select_ms": self.timed.region_s["select"] * 1000,
+                "scores_ms": self.timed.region_s["scores"] * 1000, "run_ms": self.timed.model_s * 1000,
+                "timed_batches": self.timed.batches, "reps": self.timed.reps,
+                "timing": "each region cut out of ORT's optimized graph and timed on its own, unprofiled, "
+                          "alternating with the whole model (pipeline/bench/region_time.py)"}
 
 
-def profile_model(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
+def selection_cost(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
     """TokenSelect's share of `call`'s run time on `batches`.
 
     A profiling session (ORT's optimized graph saved beside `prefix`) runs the first batch as a warm-up and then every
-    batch; its graph names the regions and its profile gives the kernel-time breakdown. The shares reported are
-    then measured without the profiler: each region cut out of that graph and timed alternating with `call`.
-    Different batches keep different token counts, so they are what the share should be an average case of."""
+    batch; its graph names the regions and its profile gives the kernel-time breakdown. On the CPU provider the
+    shares reported are then measured without the profiler: each region cut out of that graph and timed alternating
+    with `call`. Different batches keep different token counts, so they are what the share should be an average
+    case of."""
     profiled = OrtCall(call.path, call.runtime, threads=call.threads, profile_prefix=prefix)
     for images in [batches[0], *batches]:
         profiled(images)
     trace = Path(profiled.end_profiling())
+    saved = profiled.optimized is not None and profiled.optimized.is_file()
     try:
         events = json.loads(trace.read_text())
-        ran = profiled.optimized if profiled.optimized is not None and profiled.optimized.is_file() else call.path
-        model = onnx.load(str(ran))
+        model = onnx.load(str(profiled.optimized if saved else call.path))
     finally:
         trace.unlink(missing_ok=True)
         if profiled.optimized is not None:
@@ -246,5 +253,10 @@ def profile_model(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, rep
     del profiled
     regions = selection_regions(model)
     shares = parse_profile(events, regions, {n.name for n in model.graph.node})
+    if call.runtime != "ort-cpu":
+        return SelectionCost(shares.select_share, shares.scores_share, None, shares)
+    if not saved:
+        raise fail(f"ONNX Runtime did not save the optimized graph of {call.path.name}, so its regions cannot be "
+                   "timed as it runs them", f"check that {Path(prefix).parent} is writable")
     timed = time_regions(model, {"select": regions.select, "scores": regions.scores}, call, batches, reps)
     return SelectionCost(timed.shares["select"], timed.shares["scores"], timed, shares)

@@ -199,8 +199,8 @@ def accuracy(target: Target, calls: dict, opts: BenchOptions, show: bool) -> tup
 
 
 def profile_selection(calls: dict[str, Any], pool: np.ndarray, opts: BenchOptions, show: bool) -> dict[str, Any]:
-    """TokenSelect's share of run time per gated model and batch size (`profile.profile_model`)."""
-    from pipeline.bench.profile import profile_model
+    """TokenSelect's share of run time per gated model and batch size (`profile.selection_cost`)."""
+    from pipeline.bench.profile import selection_cost
     from pipeline.bench.timing import batch_at
 
     shares, details = {}, {}
@@ -211,7 +211,7 @@ def profile_selection(calls: dict[str, Any], pool: np.ndarray, opts: BenchOption
         for batch in opts.batch_sizes:
             prefix = str(call.path.with_name(f".profile.{name}.{batch}"))
             batches = [batch_at(pool, batch, i) for i in range(opts.profile_runs)]
-            result = profile_model(call, batches, prefix)
+            result = selection_cost(call, batches, prefix)
             shares[f"{name}@{batch}"] = result.select_share
             details[f"{name}@{batch}"] = result.to_dict()
             method = result.profiled.method
