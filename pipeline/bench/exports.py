@@ -34,7 +34,7 @@ def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[
     digest = hashlib.sha256()
     meta = {"flavor": flavor, "opset": opset, "caps": list(caps) if caps else None, "stages": list(model.stages),
             "min_keep": model.min_keep, "thresholds": [float(t) for t in model.thresholds.detach()],
-            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 11}
+            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 12}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for name, tensor in sorted(model.vit.state_dict().items()):
         digest.update(name.encode())
@@ -66,19 +66,23 @@ def cached_export(model: GatedViT, label: str, flavor: str, cache: Path, cfg: Co
 
 def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, select: str) -> Path:
     """Export `PackedForward(model, select)` with the same exporter settings as `export_onnx` (dynamic batch)."""
+    from pipeline.bench import varlen
     from pipeline.bench.packed import PackedForward
 
     model = copy.deepcopy(model).eval()
     schema.register_schema()
+    varlen.register_schema()
     images = torch.randn(2, *info.input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
             PackedForward(model, select), (images,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
-            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx},
+            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx,
+                                      **varlen.TRANSLATION},
         )
     proto = program.model_proto
+    varlen.expand_varlen_attention(proto)
     attach(proto, info)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))

@@ -2,8 +2,10 @@
 
 After the first token stage the residual stream is kept as packed rows [sum_b L_b, C]: the kept tokens of every
 sample, one after the other, with no padding. Everything that acts per token (LayerNorms, qkv, proj, the MLP: about
-85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Only attention needs
-the per-sample view [B, K, C] (K = the batch's largest kept count): one gather before it, one after.
+85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Attention runs sample
+by sample on the sample's own rows (`varlen`: an ONNX Loop over the batch once exported), except in the layers that
+score a stage: their class-attention row feeds the next stage's [B, K] scores, so they gather the per-sample view
+[B, K, C] (K = the batch's largest kept count), one gather before attention and one after.
 
 Four choices make the layout cheap on ONNX Runtime's CPU provider (each measured, see the bench note):
 - padded positions of the per-sample view gather their sample's class-token row instead of a zero row: their keys
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.bench.varlen import varlen_attention
 from pipeline.models import GatedViT, token_ops
 from pipeline.models.layers import GatedAttention, GatedBlock
 from pipeline.models.select_op import select_tokens
@@ -53,6 +56,8 @@ class Layout(NamedTuple):
     index: torch.Tensor
     flat: torch.Tensor  # [R] int64: each packed row's position b * K + j in the per-sample view
     bias: torch.Tensor  # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
+    starts: torch.Tensor  # [B] int64: each sample's first packed row
+    lengths: torch.Tensor  # [B] int64: each sample's packed rows
 
 
 def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
@@ -61,13 +66,14 @@ def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = 
     Written for a short exported graph (each ONNX Runtime node has a fixed cost whatever its size): a sample's
     rows start at the exclusive cumulative sum of the lengths, padding points at that first row, and every tensor is
     built once per stage in the shape its users take (flat indices, a bias that broadcasts), not reshaped per block."""
+    lengths = lengths.to(torch.int64)  # the TokenSelect op counts in int32; the loop's slices take int64
     positions = torch.arange(width, device=lengths.device)
     valid = positions[None, :] < lengths[:, None]
     starts = lengths.cumsum(0) - lengths
     index = (starts[:, None] + torch.where(valid, positions[None, :], 0)).reshape(-1)
     flat = valid.reshape(-1).nonzero().squeeze(1)
     bias = torch.where(valid, torch.zeros((), dtype=dtype), torch.full((), MASK_BIAS, dtype=dtype))
-    return Layout(valid, index, flat, bias[:, None, :])
+    return Layout(valid, index, flat, bias[:, None, :], starts, lengths)
 
 
 def to_padded(rows: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -91,14 +97,20 @@ def keep_mask(scores: torch.Tensor, threshold: torch.Tensor, min_keep: int) -> t
 
 
 def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int,
-                     want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                     want_scores: bool, varlen: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GatedAttention.forward_gated at inference (no gates), with qkv and proj on packed rows.
 
-    The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows) and the per-sample
-    view is gathered head-first ([3, H, B, K, d]), so attention runs on [H, B, K, d] and nothing of size B * K is
-    transposed: with a batch, K is the largest kept count and B * K exceeds R by the padding (40%+ on DeiT-S)."""
+    The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows). With `varlen`, a
+    layer that does not score attends sample by sample (`varlen.varlen_attention`: no padding). Otherwise the
+    per-sample view is gathered head-first ([3, H, B, K, d]), so attention runs on [H, B, K, d] and nothing of size
+    B * K is transposed: with a batch, K is the largest kept count and B * K exceeds R by the padding (40%+ on
+    DeiT-S). A scoring layer keeps that view: its class-attention row feeds the [B, K] scores of the next stage."""
     batch = layout.valid.shape[0]
     qkv = attn.qkv(h).reshape(-1, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)
+    plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
+    if varlen and not want_scores and plain_qk:
+        out = varlen_attention(qkv, layout.starts, layout.lengths, layout.flat, attn.scale)
+        return attn.proj_drop(attn.proj(out)), None
     qkv = qkv.index_select(2, layout.index).reshape(3, attn.num_heads, batch, -1, attn.head_dim)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
@@ -116,11 +128,11 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
 
 
 def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_prefix: int,
-                 want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                 want_scores: bool, varlen: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GatedBlock.forward_gated at inference on packed rows; removed sub-blocks (None) are skipped as there."""
     scores = None
     if block.attn is not None:
-        a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores)
+        a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores, varlen)
         rows = rows + block.drop_path1(block.ls1(a))
     if block.mlp is not None:
         rows = rows + block.drop_path2(block.ls2(block.mlp(block.norm2(rows))))
@@ -128,9 +140,12 @@ def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_pref
 
 
 class PackedForward(nn.Module):
-    """`forward_dropped` with the packed layout from the first token stage on (inference, no gates)."""
+    """`forward_dropped` with the packed layout from the first token stage on (inference, no gates).
 
-    def __init__(self, model: GatedViT, select: str = "packed"):
+    `varlen`: attention of the layers that do not score runs sample by sample (an ONNX Loop once exported), not on
+    the padded per-sample view; off for PyTorch runs, where a Python loop over the samples would cost more."""
+
+    def __init__(self, model: GatedViT, select: str = "packed", varlen: bool = True):
         super().__init__()
         if model.static_gates is not None or model.group_gates is not None:
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
@@ -138,7 +153,7 @@ class PackedForward(nn.Module):
             raise ValueError("the packed layout needs at least one token stage")
         if select not in SELECTS:
             raise ValueError(f"select must be one of {SELECTS}")
-        self.model, self.select = model, select
+        self.model, self.select, self.varlen = model, select, varlen
         self.eval()  # inference only: dropout and drop-path off, and the exporter sees eval mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +169,8 @@ class PackedForward(nn.Module):
             if i in stages:
                 rows, layout, lengths = self._select(rows, layout, scores, stages.index(i), x.shape[1])
                 kept.append(lengths)
-            rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers)
+            rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
+                                        varlen=self.varlen)
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
     def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,

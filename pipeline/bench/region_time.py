@@ -11,9 +11,9 @@ So the region is cut out of the graph ORT runs (the optimized model a profiling 
 fed the values its inputs take in a run of the whole model on the same batch, and timed unprofiled, alternating with
 the whole model: share = median region time / median model time. The cut runs as ORT ran it: same kernels, same
 threads, ORT's optimizer off (the graph is already the optimized one). A cut adds one session call through IOBinding,
-4-7 us (a one-node cut timed the same way, idle / loaded machine; 1-1.5% of the DeiT-S selection's ~0.4 ms), and leaves out what only the whole
-model pays (its input and outputs crossing into Python): cutting out every node of DeiT-S combined this way ran in
-97% of the model's time at batch 1 (33.0 vs 34.1 ms).
+4-7 us (a one-node cut timed the same way, idle / loaded machine; 1-1.5% of the DeiT-S selection's ~0.4 ms), and
+leaves out what only the whole model pays (its input and outputs crossing into Python): cutting out every node of
+DeiT-S combined this way ran in 97% of the model's time at batch 1 (33.0 vs 34.1 ms).
 
 Only the CPU provider is timed this way: on a GPU provider the cut's inputs and outputs would cross the bus, which
 the region does not pay inside the model, so GPU runtimes keep the profiler's share (`profile.selection_cost`).

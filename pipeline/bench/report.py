@@ -69,8 +69,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"Images: {report['images']}. Top-1: {report['top1_source']}.", "",
               "speedup = dense p50 latency / model p50 latency at the same batch; FLOPs ratio = dense GFLOPs / model "
               "GFLOPs; efficiency = speedup / FLOPs ratio. Padding waste = (max - mean) / max of kept tokens per "
-              "batch, averaged over stages and batches (a padded layout pays it in every layer; the packed layout only "
-              "in attention). TokenSelect = share of run time in the selection nodes: "
+              "batch, averaged over stages and batches (a padded layout pays it in every layer; the packed layout "
+              "only in the attention of the layers that score a stage). TokenSelect = share of run time in the "
+              "selection nodes: "
               "each stage's selection cut out of the graph ONNX Runtime runs and timed on its own, unprofiled, "
               "alternating with the whole model (ORT's profiler adds its own bookkeeping to every node's time and "
               f"overstates regions of small nodes; its figures are in bench.json). Regions: "

@@ -47,7 +47,7 @@ def attention_with_class_row(
 
     A layer that scores tokens at inference takes the class row from its own attention matrix instead of a second
     class-token pass: the same values (to float rounding) for about ten fewer nodes per scoring layer in an exported
-    graph (DeiT-S: 32 over three), which is what an ONNX Runtime run pays for at batch 1 (~10 us per node). Training
+    graph (DeiT-S: 32 over three), which is what an ONNX Runtime run pays for at batch 1. Training
     keeps the fused kernel and the detached `class_attention` (no gradient from the scores into q, k, v); graphs for
     TensorRT keep the separate pass too (`GatedViT.share_score_attention`).
 

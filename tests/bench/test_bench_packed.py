@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -45,14 +47,14 @@ def test_keep_mask_argmax_top_up_equals_the_ranking():
     assert torch.equal(keep_mask(scores, torch.tensor(2.0), 2), token_ops.keep_mask(scores, torch.tensor(2.0), 2))
 
 
-@pytest.mark.parametrize("select", ["packed", "op"])
-def test_packed_equals_forward_dropped(sliced_gated, select):
+@pytest.mark.parametrize("select,varlen", [("packed", True), ("packed", False), ("op", True)])
+def test_packed_equals_forward_dropped(sliced_gated, select, varlen):
     model = sliced_gated
     images = torch.randn(9, 1, 28, 28)
     with torch.no_grad():
         logits, kept = model.forward_dropped(images)
-        packed_logits, packed_kept = PackedForward(model, select)(images)
-        singles = torch.cat([PackedForward(model, select)(images[i:i + 1])[0] for i in range(9)])
+        packed_logits, packed_kept = PackedForward(model, select, varlen)(images)
+        singles = torch.cat([PackedForward(model, select, varlen)(images[i:i + 1])[0] for i in range(9)])
     assert kept.float().std(0).max() > 0  # samples keep different counts, so there is padding to remove
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
@@ -70,3 +72,26 @@ def test_class_attention_key_bias_matches_the_mask():
     torch.testing.assert_close(biased, masked, rtol=0, atol=1e-6)
     torch.testing.assert_close(biased_out, masked_out, rtol=0, atol=1e-6)
     assert float(biased[1, :, 3:].max()) < 1e-12  # padded keys get a negligible weight, not an exact zero
+
+
+def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_path):
+    """The exported packed graph: one Loop per attention that does not score (blocks 1 and 3 of 4: blocks 0 and 2
+    score the stages), no placeholder left, same logits and kept tokens as forward_dropped, batch invariant."""
+    from pipeline.bench.exports import cached_export
+    from pipeline.bench.sessions import OrtCall
+    from pipeline.bench.varlen import DOMAIN
+
+    cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
+    path, cached = cached_export(sliced_gated, "combined", "packed", tmp_path, cfg)
+    graph = onnx.load(str(path), load_external_data=False)
+    assert not cached and [n.op_type for n in graph.graph.node].count("Loop") == 2
+    assert all(n.domain != DOMAIN for n in graph.graph.node) and DOMAIN not in {o.domain for o in graph.opset_import}
+    call = OrtCall(path, threads=1)
+    images = torch.randn(9, 1, 28, 28)
+    with torch.no_grad():
+        logits, kept = sliced_gated.forward_dropped(images)
+    ort_logits, ort_kept = call(images.numpy())
+    singles = np.concatenate([call(images[i:i + 1].numpy())[0] for i in range(9)])
+    assert np.array_equal(ort_kept, kept.numpy())
+    assert np.abs(ort_logits - logits.numpy()).max() <= TOL
+    assert np.abs(singles - ort_logits).max() <= TOL  # batch invariance
