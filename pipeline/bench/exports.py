@@ -69,6 +69,9 @@ def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, sel
     from pipeline.bench import varlen
     from pipeline.bench.packed import PackedForward
 
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise fail("the packed export takes float32 models (its per-sample attention loop is written in float32)",
+                   "export the float32 model; ONNX Runtime and TensorRT choose lower precision later")
     model = copy.deepcopy(model).eval()
     schema.register_schema()
     varlen.register_schema()
@@ -76,13 +79,16 @@ def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, sel
     batch = torch.export.Dim("batch", min=1, max=65536)
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
-            PackedForward(model, select), (images,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            PackedForward(model, select, varlen=True), (images,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
             custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx,
                                       **varlen.TRANSLATION},
         )
     proto = program.model_proto
     varlen.expand_varlen_attention(proto)
+    if varlen.placeholders_left(proto):
+        raise fail("the packed export kept a per-sample attention placeholder that expand_varlen_attention did not "
+                   "reach (inside a function or subgraph)", "report it with the model; --flavor native exports it")
     attach(proto, info)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))

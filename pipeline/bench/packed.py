@@ -143,9 +143,10 @@ class PackedForward(nn.Module):
     """`forward_dropped` with the packed layout from the first token stage on (inference, no gates).
 
     `varlen`: attention of the layers that do not score runs sample by sample (an ONNX Loop once exported), not on
-    the padded per-sample view; off for PyTorch runs, where a Python loop over the samples would cost more."""
+    the padded per-sample view. The export turns it on; PyTorch runs leave it off, where a Python loop over the
+    samples (and its host syncs) would cost more than the padding. Layers with a q/k norm keep the padded view."""
 
-    def __init__(self, model: GatedViT, select: str = "packed", varlen: bool = True):
+    def __init__(self, model: GatedViT, select: str = "packed", varlen: bool = False):
         super().__init__()
         if model.static_gates is not None or model.group_gates is not None:
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")

@@ -25,7 +25,7 @@ import onnx
 from pipeline.bench.region_time import RegionTimes, time_regions
 from pipeline.bench.sessions import OrtCall
 from pipeline.errors import fail
-from pipeline.export.graph import constant_names
+from pipeline.export.graph import constant_names, node_reads
 
 GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
                       "Constant", "ConstantOfShape", "Cast", "Transpose", "Identity"})
@@ -37,9 +37,11 @@ CUSTOM_DOMAIN = "tokengate"
 
 @dataclass
 class Graph:
-    """Producers and consumers of an ONNX graph's tensors, nodes by index (topological order)."""
+    """Producers and consumers of an ONNX graph's tensors, nodes by index (topological order). A node reads what
+    `node_reads` says: a Loop's body reads outer tensors it does not list as inputs."""
 
     nodes: list[onnx.NodeProto]
+    reads: list[list[str]]
     producer: dict[str, int]
     consumers: dict[str, list[int]]
     constants: set[str]
@@ -47,13 +49,14 @@ class Graph:
     @staticmethod
     def of(model: onnx.ModelProto) -> "Graph":
         nodes = list(model.graph.node)
+        reads = [node_reads(n) for n in nodes]
         producer, consumers = {}, {}
         for i, node in enumerate(nodes):
             for name in node.output:
                 producer[name] = i
-            for name in node.input:
+            for name in reads[i]:
                 consumers.setdefault(name, []).append(i)
-        return Graph(nodes, producer, consumers, constant_names(model))
+        return Graph(nodes, reads, producer, consumers, constant_names(model))
 
     def ancestors(self, tensors: Iterable[str]) -> set[int]:
         seen, stack = set(), [self.producer[t] for t in tensors if t in self.producer]
@@ -61,7 +64,7 @@ class Graph:
             i = stack.pop()
             if i not in seen:
                 seen.add(i)
-                stack += [self.producer[t] for t in self.nodes[i].input if t in self.producer]
+                stack += [self.producer[t] for t in self.reads[i] if t in self.producer]
         return seen
 
     def descendants(self, tensors: Iterable[str]) -> set[int]:
@@ -149,7 +152,7 @@ def _standard_selection(graph: Graph, scores: str) -> set[int]:
     frontier = list(region)
     while frontier:  # pull in the copies that feed the region (x[:, :P], x[:, P:], shapes), not the scores' path
         i = frontier.pop()
-        for t in graph.nodes[i].input:
+        for t in graph.reads[i]:
             p = graph.producer.get(t)
             if p is not None and p not in region and p not in upstream_of_scores and \
                     graph.nodes[p].op_type in GLUE_OPS:

@@ -30,6 +30,7 @@ from onnx import helper
 
 from pipeline.bench.sessions import OrtCall, bench_session_options
 from pipeline.errors import fail
+from pipeline.export.graph import node_reads
 
 
 @dataclass
@@ -39,18 +40,6 @@ class Cut:
     model: onnx.ModelProto
     inputs: list[str]  # tensors the nodes read and none of them writes (initializers travel inside the model)
     outputs: list[str]  # tensors the nodes write that a node outside them, or the graph, reads
-
-
-def node_reads(node: onnx.NodeProto) -> list[str]:
-    """Every tensor a node reads: its inputs, and the outer-scope names its subgraphs (If, Loop, Scan) use."""
-    reads = [t for t in node.input if t]
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-            for inner in graph.node:
-                reads += [t for t in node_reads(inner) if t not in defined]
-                defined |= set(inner.output)
-    return list(dict.fromkeys(reads))
 
 
 def check_names(model: onnx.ModelProto) -> None:

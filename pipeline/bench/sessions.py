@@ -72,7 +72,7 @@ class TorchCall:
         self.device = torch.device(device)
         model = model.eval().to(self.device)
         self.gated = bool(model.stages)
-        self.forward = PackedForward(model, varlen=False) if packed and model.stages else model.forward_dropped
+        self.forward = PackedForward(model) if packed and model.stages else model.forward_dropped
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         torch = self.torch

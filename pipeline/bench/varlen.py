@@ -1,18 +1,20 @@
-"""Per-sample attention for the packed layout: each sample attends over its own kept tokens, with no padding.
+"""Per-sample attention for the packed layout: each sample attends over its own kept tokens only.
 
 The packed layout's attention used to gather every sample to the batch's largest kept count K and mask the rest, so
 its work was B x K^2 where the samples' own is the sum of their L^2 (2.46x as much on DeiT-S's bench images at batch
 16, per stage 45-74% padding). Here attention runs sample by sample:
 
-- in PyTorch, `tokengate::varlen_attention` is a custom op whose eager body loops over the samples (the reference);
+- in PyTorch, `tokengate::varlen_attention` is a custom op whose eager body loops over the samples (the reference,
+  written like the ONNX expansion: outputs padded to [B * K, H * d], then the packed rows gathered with `flat`);
 - the exporter writes it as one placeholder node (`tokengate.varlen::VarlenAttention`), and `expand_varlen_attention`
-  replaces each with an ONNX `Loop` over the batch: slice the sample's rows, attention on [H, L, d], pad the result
-  to [K, H, d] (a scan output needs one shape), then gather the packed rows back. Standard ops only, so the exported
-  file runs on any ONNX Runtime.
+  replaces each with an ONNX `Loop` over the batch: slice the sample's rows, attention on [H, L, d], its rows
+  [L, H * d] padded to [K, H * d] (a scan output needs one shape; the padding is copies, not attention work), then
+  the packed rows gathered back. Standard ops only, so the exported file runs on any ONNX Runtime.
 
-The loop's fixed cost is one iteration per sample (~15 small nodes), measured against the padded attention on DeiT-S
-shapes (5 heads of 64, three stages of kept counts like the bench's) on ORT CPU with 2 threads: equal at batch 1
-(0.4-0.7 ms a block either way), 88-93 ms against 118-120 ms over nine blocks at batch 16.
+The loop's fixed cost is one iteration per sample (22 small nodes), measured against the padded attention on DeiT-S
+shapes (5 heads of 64, three stages of kept counts like the bench's) on ORT CPU with 2 threads (ad-hoc script):
+equal at batch 1 (0.4-0.7 ms a block either way), 88-93 ms against 118-120 ms over nine blocks at batch 16.
+Float32 only (the bench exports float32 models).
 """
 from __future__ import annotations
 
@@ -35,16 +37,18 @@ def varlen_attention(qkv: torch.Tensor, starts: torch.Tensor, lengths: torch.Ten
     Args:
         qkv: [3, H, R, d] packed rows of the batch (sample after sample), heads split off.
         starts, lengths: [B] int64: sample b owns rows starts[b] .. starts[b] + lengths[b].
-        flat: [R] int64, each packed row's position b * K + j in the padded [B, K] view (K = max(lengths)); the
-            ONNX expansion packs its padded loop output with it, the eager body does not need it.
+        flat: [R] int64, each packed row's position b * K + j in the padded [B, K] view, K = max(lengths) (the
+            packed layout's `flat`); a layout of another width would misplace rows here as in the ONNX Loop.
     Returns:
         [R, H * d]: each row's attention output, heads concatenated.
     """
-    out = []
-    for start, length in zip(starts.tolist(), lengths.tolist()):
+    width = int(lengths.max()) if lengths.numel() else 0
+    padded = qkv.new_zeros(lengths.numel() * width, qkv.shape[1] * qkv.shape[3])
+    for b, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
         q, k, v = qkv[:, :, start:start + length].unbind(0)
-        out.append(F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(0, 1).reshape(length, -1))
-    return torch.cat(out, 0) if out else qkv.new_empty(0, qkv.shape[1] * qkv.shape[3])
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [H, L, d]
+        padded[b * width:b * width + length] = out.transpose(0, 1).reshape(length, -1)
+    return padded[flat]
 
 
 @varlen_attention.register_fake
@@ -114,16 +118,16 @@ def _body(prefix: str, scale: float, qkv: str, starts: str, lengths: str, width:
         [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
          helper.make_tensor_value_info(f"{p}cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(f"{p}cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info(f"{p}padded", TensorProto.FLOAT, None)],
+         helper.make_tensor_value_info(f"{p}padded", TensorProto.FLOAT, ["K", "HD"])],
         [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}ones", [1, 1, 1]),
          _const(f"{p}scale", scale, np.float32), _const(f"{p}zeros2", [0, 0])])
 
 
-def _expansion(node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The Loop and its surroundings for one placeholder node (names prefixed by the node's own)."""
+def _expansion(node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The Loop and its surroundings for one placeholder node (names prefixed by its own and its index)."""
     qkv, starts, lengths, flat = node.input
     scale = next(a.f for a in node.attribute if a.name == "scale")
-    p = f"{node.name}/"
+    p = f"{node.name}_{index}/"
     n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{p}{outs[0]}", **kw)  # noqa: E731
     nodes = [
         n("ReduceMax", [lengths], [f"{p}width"], keepdims=0),
@@ -137,6 +141,18 @@ def _expansion(node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.Te
     return nodes, [_const(f"{p}zero", [0])]
 
 
+def placeholders_left(model: onnx.ModelProto) -> int:
+    """Placeholder nodes anywhere in `model` (graph, subgraphs, functions): 0 once expanded."""
+    def count(nodes) -> int:
+        total = 0
+        for node in nodes:
+            total += node.domain == DOMAIN
+            for attr in node.attribute:
+                total += sum(count(g.node) for g in ([attr.g] if attr.HasField("g") else attr.graphs))
+        return total
+    return count(model.graph.node) + sum(count(f.node) for f in model.functions)
+
+
 def expand_varlen_attention(model: onnx.ModelProto) -> int:
     """Replace every placeholder node in `model` by its Loop (in place); returns how many were replaced."""
     graph = model.graph
@@ -145,9 +161,7 @@ def expand_varlen_attention(model: onnx.ModelProto) -> int:
         if node.domain != DOMAIN or node.op_type != OP_TYPE:
             out_nodes.append(node)
             continue
-        if not node.name:
-            node.name = f"varlen_attention_{count}"
-        nodes, inits = _expansion(node)
+        nodes, inits = _expansion(node, count)
         out_nodes += nodes
         graph.initializer.extend(inits)
         count += 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.bench.packed import MASK_BIAS, PackedForward, keep_mask, layout_from_lengths, to_packed, to_padded
+from pipeline.errors import TokenGateError
 from pipeline.models import GatedViT, Structure, build_teacher, token_ops
 from tests.conftest import tiny_config
 
@@ -74,18 +75,26 @@ def test_class_attention_key_bias_matches_the_mask():
     assert float(biased[1, :, 3:].max()) < 1e-12  # padded keys get a negligible weight, not an exact zero
 
 
-def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_path):
+@pytest.mark.parametrize("flavor", ["packed", "packed-plugin"])
+def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_path, flavor):
     """The exported packed graph: one Loop per attention that does not score (blocks 1 and 3 of 4: blocks 0 and 2
-    score the stages), no placeholder left, same logits and kept tokens as forward_dropped, batch invariant."""
+    score the stages), no placeholder left, same logits and kept tokens as forward_dropped, batch invariant; and the
+    bench's TokenSelect regions leave the attention loops out (their bodies read qkv, which a Loop does not list
+    among its inputs; read as inputs-only, the Loop would count as selection)."""
     from pipeline.bench.exports import cached_export
+    from pipeline.bench.profile import selection_regions
     from pipeline.bench.sessions import OrtCall
-    from pipeline.bench.varlen import DOMAIN
+    from pipeline.bench.varlen import placeholders_left
 
     cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
-    path, cached = cached_export(sliced_gated, "combined", "packed", tmp_path, cfg)
+    path, cached = cached_export(sliced_gated, "combined", flavor, tmp_path, cfg)
     graph = onnx.load(str(path), load_external_data=False)
     assert not cached and [n.op_type for n in graph.graph.node].count("Loop") == 2
-    assert all(n.domain != DOMAIN for n in graph.graph.node) and DOMAIN not in {o.domain for o in graph.opset_import}
+    assert placeholders_left(graph) == 0
+    regions = selection_regions(graph)
+    attention = {n.name for n in graph.graph.node if n.op_type == "Loop" or n.name.endswith(("/pack", "/padded_rows"))}
+    assert len(attention) == 2 * 3 and regions.stages == 2
+    assert not attention & (regions.select | regions.scores)  # the loop's trip count and K, from lengths, may be
     call = OrtCall(path, threads=1)
     images = torch.randn(9, 1, 28, 28)
     with torch.no_grad():
@@ -95,3 +104,12 @@ def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_
     assert np.array_equal(ort_kept, kept.numpy())
     assert np.abs(ort_logits - logits.numpy()).max() <= TOL
     assert np.abs(singles - ort_logits).max() <= TOL  # batch invariance
+
+
+def test_packed_export_refuses_half_precision(sliced_gated, fmnist_root, tmp_path):
+    from pipeline.bench.exports import cached_export
+
+    cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
+    with pytest.raises(TokenGateError, match="float32"):
+        cached_export(copy.deepcopy(sliced_gated).half(), "combined", "packed", tmp_path, cfg)
+    assert not list(tmp_path.glob("*.onnx"))

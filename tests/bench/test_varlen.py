@@ -6,10 +6,11 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.bench.packed import layout_from_lengths
-from pipeline.bench.varlen import DOMAIN, OP_TYPE, expand_varlen_attention, register_schema, varlen_attention
+from pipeline.bench.varlen import (DOMAIN, OP_TYPE, expand_varlen_attention, placeholders_left, register_schema,
+                                   varlen_attention)
 from pipeline.runtime import import_onnxruntime
 
 HEADS, DIM, SCALE = 3, 8, 0.35
@@ -33,25 +34,32 @@ def test_eager_op_equals_masked_padded_attention():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
-def _placeholder_model() -> onnx.ModelProto:
+def _placeholder_model(twice: bool = False) -> onnx.ModelProto:
+    """qkv -> placeholder -> out; `twice`: a second placeholder, of the same node name, on qkv + 1."""
     register_schema()
-    node = helper.make_node(OP_TYPE, ["qkv", "starts", "lengths", "flat"], ["out"], name="attend", domain=DOMAIN,
-                            scale=SCALE)
+    node = lambda q, out: helper.make_node(OP_TYPE, [q, "starts", "lengths", "flat"], [out], name="attend",  # noqa
+                                           domain=DOMAIN, scale=SCALE)
+    nodes = [node("qkv", "out")]
+    if twice:
+        nodes = [node("qkv", "first"), helper.make_node("Add", ["qkv", "one"], ["shifted"], name="shift"),
+                 node("shifted", "second"), helper.make_node("Add", ["first", "second"], ["out"], name="sum")]
     graph = helper.make_graph(
-        [node], "varlen",
+        nodes, "varlen",
         [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, [3, HEADS, "R", DIM]),
          helper.make_tensor_value_info("starts", TensorProto.INT64, ["B"]),
          helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"]),
          helper.make_tensor_value_info("flat", TensorProto.INT64, ["R"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["R", HEADS * DIM])])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["R", HEADS * DIM])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
 
 
 def test_expansion_replaces_the_placeholder_with_a_loop():
     model = _placeholder_model()
+    assert placeholders_left(model) == 1
     assert expand_varlen_attention(model) == 1
     assert [n.op_type for n in model.graph.node].count("Loop") == 1
-    assert all(n.domain != DOMAIN for n in model.graph.node)
+    assert placeholders_left(model) == 0
     assert DOMAIN not in {o.domain for o in model.opset_import}
     onnx.checker.check_model(model)
 
@@ -68,3 +76,25 @@ def test_loop_equals_the_eager_op(lengths):
     ref = varlen_attention(qkv, layout.starts, layout.lengths, layout.flat, SCALE).numpy()
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= 1e-6
+
+
+def test_two_placeholders_of_one_name_expand_apart():
+    model = _placeholder_model(twice=True)
+    assert expand_varlen_attention(model) == 2
+    names = [n.name for n in model.graph.node]
+    assert len(names) == len(set(names))
+    session = import_onnxruntime().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    qkv, layout = _packed([3, 5])
+    args = (layout.starts, layout.lengths, layout.flat, SCALE)
+    ref = (varlen_attention(qkv, *args) + varlen_attention(qkv + 1, *args)).numpy()
+    out = session.run(None, {"qkv": qkv.numpy(), "starts": layout.starts.numpy(), "lengths": layout.lengths.numpy(),
+                             "flat": layout.flat.numpy()})[0]
+    assert np.abs(out - ref).max() <= 1e-6
+
+
+def test_eager_op_places_rows_by_flat():
+    """`flat` is where each packed row sits in the padded view: a layout of another width misplaces rows."""
+    qkv, layout = _packed([3, 2])
+    good = varlen_attention(qkv, layout.starts, layout.lengths, layout.flat, SCALE)
+    wide = layout_from_lengths(layout.lengths, 4)  # K = 4 instead of max(lengths) = 3
+    assert not torch.allclose(varlen_attention(qkv, wide.starts, wide.lengths, wide.flat, SCALE), good)
