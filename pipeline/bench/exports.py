@@ -29,10 +29,12 @@ GATED_FLAVORS = ("native", "capped", "plugin", "packed", "packed-plugin")
 PACKED_SELECT = {"packed": "packed", "packed-plugin": "op"}
 
 
-def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[int]]) -> str:
+def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[int]],
+              per_sample: Optional[bool] = None) -> str:
     """sha256 of everything the exported graph depends on: weights, stages, thresholds, flavor, caps, versions."""
     digest = hashlib.sha256()
     meta = {"flavor": flavor, "opset": opset, "caps": list(caps) if caps else None, "stages": list(model.stages),
+            "per_sample": per_sample,
             "min_keep": model.min_keep, "thresholds": [float(t) for t in model.thresholds.detach()],
             "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 12}
     digest.update(json.dumps(meta, sort_keys=True).encode())
@@ -43,12 +45,13 @@ def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[
 
 
 def cached_export(model: GatedViT, label: str, flavor: str, cache: Path, cfg: Config, opset: int = 20,
-                  caps: Optional[Sequence[int]] = None) -> tuple[Path, bool]:
-    """The ONNX file of `model` in `flavor`, exported now if the cache lacks it; returns (path, was_cached)."""
+                  caps: Optional[Sequence[int]] = None, per_sample: Optional[bool] = None) -> tuple[Path, bool]:
+    """The ONNX file of `model` in `flavor`, exported now if the cache lacks it; returns (path, was_cached).
+    `per_sample` (packed flavors): force per-sample attention on or off; None lets the model's size decide."""
     flavor = flavor if model.stages else "dense"
     if model.stages and flavor not in GATED_FLAVORS:
         raise fail(f"unknown bench flavor {flavor!r}", f"use one of {', '.join(GATED_FLAVORS)}")
-    path = Path(cache) / f"{label}.{flavor}.{model_key(model, flavor, opset, caps)[:16]}.onnx"
+    path = Path(cache) / f"{label}.{flavor}.{model_key(model, flavor, opset, caps, per_sample)[:16]}.onnx"
     if path.is_file():
         return path, True
     info = ExportInfo(
@@ -58,16 +61,21 @@ def cached_export(model: GatedViT, label: str, flavor: str, cache: Path, cfg: Co
         input_shape=[cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size], opset=opset, run_dir=str(cache),
     )
     if flavor in PACKED_SELECT:
-        export_packed(model, path, info, opset, PACKED_SELECT[flavor])
+        export_packed(model, path, info, opset, PACKED_SELECT[flavor], per_sample)
     else:
         export_onnx(model, flavor, path, info, opset, caps)
     return path, False
 
 
-def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, select: str) -> Path:
-    """Export `PackedForward(model, select)` with the same exporter settings as `export_onnx` (dynamic batch)."""
+def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, select: str,
+                  per_sample: Optional[bool] = None) -> Path:
+    """Export `PackedForward(model, select)` with the same exporter settings as `export_onnx` (dynamic batch).
+    `per_sample`: attention sample by sample (`varlen`); None decides by the model's token count."""
     from pipeline.bench import varlen
-    from pipeline.bench.packed import PackedForward
+    from pipeline.bench.packed import PackedForward, per_sample_attention_pays
+
+    if per_sample is None:
+        per_sample = per_sample_attention_pays(model)
 
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise fail("the packed export takes float32 models (its per-sample attention loop is written in float32)",
@@ -79,7 +87,8 @@ def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, sel
     batch = torch.export.Dim("batch", min=1, max=65536)
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
-            PackedForward(model, select, varlen=True), (images,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            PackedForward(model, select, varlen=per_sample), (images,), input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
             custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx,
                                       **varlen.TRANSLATION},

@@ -46,6 +46,14 @@ from pipeline.models.select_op import select_tokens
 
 SELECTS = ("packed", "op")
 MASK_BIAS = -50.0  # added to the attention logits of padded keys; see the module docstring
+VARLEN_MIN_TOKENS = 129  # per-sample attention pays from about here on ONNX Runtime CPU (`varlen` module docstring)
+
+
+def per_sample_attention_pays(model: GatedViT) -> bool:
+    """Whether the export should attend sample by sample: the loop costs a fixed ~22 nodes per sample and block,
+    padding costs in proportion to K^2, so it pays for long token sequences (DeiT-S, 197) and not for short ones
+    (the default Fashion-MNIST model, 50)."""
+    return model.vit.patch_embed.num_patches + model.num_prefix >= VARLEN_MIN_TOKENS
 
 
 class Layout(NamedTuple):

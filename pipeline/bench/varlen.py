@@ -11,10 +11,12 @@ its work was B x K^2 where the samples' own is the sum of their L^2 (2.46x as mu
   [L, H * d] padded to [K, H * d] (a scan output needs one shape; the padding is copies, not attention work), then
   the packed rows gathered back. Standard ops only, so the exported file runs on any ONNX Runtime.
 
-The loop's fixed cost is one iteration per sample (22 small nodes), measured against the padded attention on DeiT-S
-shapes (5 heads of 64, three stages of kept counts like the bench's) on ORT CPU with 2 threads (ad-hoc script):
-equal at batch 1 (0.4-0.7 ms a block either way), 88-93 ms against 118-120 ms over nine blocks at batch 16.
-Float32 only (the bench exports float32 models).
+The loop's fixed cost is one iteration per sample (22 small nodes). Measured against the padded attention on ORT
+CPU with 2 threads (ad-hoc script: nine blocks, three stages of kept counts spread like the bench's, 16 samples),
+it pays with the token count N: 82-93 ms against 112-120 ms at DeiT-S's N = 197 (4-6 heads of 64; equal at batch
+1, 0.4-0.7 ms a block either way), 39-60 ms against 48-76 at N = 145, even at N = 100-128, and it loses at the
+default Fashion-MNIST model's N = 50 (6-15 ms against 5-12). `packed.per_sample_attention_pays` draws the line
+at N = 129. Float32 only (the bench exports float32 models).
 """
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_
     from pipeline.bench.varlen import placeholders_left
 
     cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
-    path, cached = cached_export(sliced_gated, "combined", flavor, tmp_path, cfg)
+    path, cached = cached_export(sliced_gated, "combined", flavor, tmp_path, cfg, per_sample=True)
     graph = onnx.load(str(path), load_external_data=False)
     assert not cached and [n.op_type for n in graph.graph.node].count("Loop") == 2
     assert placeholders_left(graph) == 0
@@ -113,3 +113,12 @@ def test_packed_export_refuses_half_precision(sliced_gated, fmnist_root, tmp_pat
     with pytest.raises(TokenGateError, match="float32"):
         cached_export(copy.deepcopy(sliced_gated).half(), "combined", "packed", tmp_path, cfg)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_per_sample_attention_is_chosen_for_long_sequences(sliced_gated, fmnist_root):
+    """17 tokens (4 x 4 patches of 7 + class): padded attention; 145 (12 x 12 patches of 4 + class): per sample."""
+    from pipeline.bench.packed import per_sample_attention_pays
+
+    assert not per_sample_attention_pays(sliced_gated)
+    cfg = tiny_config(fmnist_root, model={"depth": 2, "num_heads": 2, "embed_dim": 32, "img_size": 48, "patch_size": 4})
+    assert per_sample_attention_pays(GatedViT(build_teacher(cfg).vit, stages=(1,), init_threshold=1.0))
