@@ -103,6 +103,13 @@ def ort_session(path: str | Path, device: str = "auto", fp16: bool = False, thre
     return open_plan(plan_session(path, device, fp16, plugin_lib), threads)
 
 
+def register_token_select(options: Any) -> None:
+    """Make `options` run tokengate::TokenSelect nodes (onnxruntime-extensions' library, our op declared once)."""
+    from pipeline.ops.ort_register import register
+
+    options.register_custom_ops_library(register())
+
+
 def open_plan(plan: SessionPlan, threads: int = 0, options: Any = None) -> Any:
     """Open the session a plan describes, and log what ONNX Runtime actually gave.
 
@@ -118,9 +125,7 @@ def open_plan(plan: SessionPlan, threads: int = 0, options: Any = None) -> Any:
     if threads:
         options.intra_op_num_threads = threads
     if plan.custom_ops:
-        from pipeline.ops.ort_register import register
-
-        options.register_custom_ops_library(register())
+        register_token_select(options)
     for opts in plan.provider_options:
         if "trt_engine_cache_path" in opts:
             Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)

@@ -99,15 +99,13 @@ def _ort_error(what: str, exc: Exception) -> Exception:
 
 def _session(model: onnx.ModelProto, call: OrtCall) -> Any:
     """A CPU session for a piece of `call`'s optimized graph, opened like `call`'s own (threads, custom ops)."""
-    from pipeline.runtime import import_onnxruntime
+    from pipeline.runtime import import_onnxruntime, register_token_select
 
     ort = import_onnxruntime()
     options = bench_session_options(call.threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already ORT's optimized graph
     if call.plan.custom_ops:
-        from pipeline.ops.ort_register import register
-
-        options.register_custom_ops_library(register())
+        register_token_select(options)
     try:
         return ort.InferenceSession(model.SerializeToString(), sess_options=options,
                                     providers=["CPUExecutionProvider"])

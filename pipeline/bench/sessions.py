@@ -48,7 +48,7 @@ class OrtCall:
             options.optimized_model_filepath = str(self.optimized)
             options.log_severity_level = 3  # ORT warns that the saved graph is specific to this CPU: it is meant to be
         self.path, self.plan = Path(plan.path), plan
-        self.session = open_plan(plan, threads, options)
+        self.session = open_plan(plan, options=options)  # its threads are set in the options already
         self.input_name = self.session.get_inputs()[0].name
         self.device = plan.device
 

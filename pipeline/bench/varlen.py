@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, defs, helper, numpy_helper
 
+from pipeline.export.graph import subgraphs
+
 DOMAIN = "tokengate.varlen"  # exists only between export and expand_varlen_attention
 OP_TYPE = "VarlenAttention"
 
@@ -146,12 +148,7 @@ def _expansion(node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], 
 def placeholders_left(model: onnx.ModelProto) -> int:
     """Placeholder nodes anywhere in `model` (graph, subgraphs, functions): 0 once expanded."""
     def count(nodes) -> int:
-        total = 0
-        for node in nodes:
-            total += node.domain == DOMAIN
-            for attr in node.attribute:
-                total += sum(count(g.node) for g in ([attr.g] if attr.HasField("g") else attr.graphs))
-        return total
+        return sum((node.domain == DOMAIN) + sum(count(g.node) for g in subgraphs(node)) for node in nodes)
     return count(model.graph.node) + sum(count(f.node) for f in model.functions)
 
 
