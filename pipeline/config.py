@@ -79,6 +79,10 @@ class GatesConfig:
     static: bool = True  # learn head / MLP-channel / block gates and slice them out
     static_init: float = 2.0  # initial gate logit (positive = open)
     dynamic: Literal["none", "group"] = "none"
+    # What becomes of a pruned token. discard: it leaves the network (AS-ViT, DynamicViT). context: it stops being
+    # updated but stays a key and value of every later attention (`pipeline.models.layers.Context`): it costs its K/V
+    # projection and one attention column per layer, and keeps what a model trained on every token reads from it.
+    dropped_tokens: Literal["discard", "context"] = "discard"
     # Sub-group split modes for dynamic gates: stage 2 is trained once per mode (the first is the main student).
     subgroup_split: tuple[Literal["none", "uniform", "random", "recursive"], ...] = ("recursive",)
 

@@ -40,12 +40,17 @@ class Geometry:
 
 def layer_macs(
     tokens: Number, dim: int, head_dim: int, heads: Number, mlp_hidden: Number,
-    attn_on: Number = 1, mlp_on: Number = 1,
+    attn_on: Number = 1, mlp_on: Number = 1, context: Number = 0,
 ) -> Number:
     """MACs of one block over `tokens` tokens: qkv, QK^T, AV, proj, MLP. A layer that scores tokens costs no more at
-    inference: the scores read the class row of its own attention (`token_ops.attention_with_class_row`)."""
+    inference: the scores read the class row of its own attention (`token_ops.attention_with_class_row`).
+
+    `context` tokens (dropped tokens kept as frozen keys and values, `gates.dropped_tokens: context`) cost their key
+    and value projections and one more attention column each; they get no query, proj or MLP."""
     width = heads * head_dim
-    attention = tokens * dim * 3 * width + 2 * tokens * tokens * width + tokens * width * dim
+    keys = tokens + context
+    attention = (tokens * dim * 3 * width + context * dim * 2 * width + 2 * tokens * keys * width
+                 + tokens * width * dim)
     mlp = 2 * tokens * dim * mlp_hidden
     return attn_on * attention + mlp_on * mlp
 

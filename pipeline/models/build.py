@@ -43,6 +43,7 @@ def build_student(cfg: Config, structure: Optional[Structure] = None, static_gat
         static_gates=cfg.gates.static if static_gates is None else static_gates,
         static_init=cfg.gates.static_init,
         dynamic=cfg.gates.dynamic,
+        dropped_tokens=cfg.gates.dropped_tokens,
     )
 
 
@@ -58,7 +59,7 @@ def save_student(model: GatedViT, path: str | Path, cfg: Config) -> None:
         "format": "tokengate-student", "version": 1, "arch": cfg.model.arch,
         "structure": model.structure().to_dict(), "stages": list(model.stages),
         "num_prefix": model.num_prefix, "min_keep": model.min_keep,
-        "thresholds": [float(t) for t in model.thresholds.detach()],
+        "thresholds": [float(t) for t in model.thresholds.detach()], "dropped_tokens": model.dropped_tokens,
     }
     save_weights(path, model.state_dict(), header)
 
@@ -86,7 +87,9 @@ def load_student(run_dir: str | Path, cfg: Optional[Config] = None, filename: st
         raise fail(f"{path} was trained as {header.get('arch')!r} but the config says {cfg.model.arch!r}",
                    "load it with the config.json of the run that wrote it")
     cfg = replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
-                  gates=replace(cfg.gates, token_stages=tuple(header["stages"]), min_keep=int(header["min_keep"])))
+                  gates=replace(cfg.gates, token_stages=tuple(header["stages"]), min_keep=int(header["min_keep"]),
+                                # checkpoints written before the option existed discarded their tokens
+                                dropped_tokens=header.get("dropped_tokens", "discard")))
     model = build_student(cfg, structure=Structure.from_dict(header["structure"]), static_gates=False)
     _load_strict(model, read_state_dict(path), path)
     return model.eval()

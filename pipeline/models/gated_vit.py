@@ -20,8 +20,10 @@ from pipeline.errors import fail
 from pipeline.flops import Geometry, embed_and_head_macs, layer_macs, tokens_per_layer
 from pipeline.models import token_ops
 from pipeline.models.gates import GroupGates, StaticGates, combine
-from pipeline.models.layers import BlockGates, remove_attention, remove_mlp, slice_channels, slice_heads
-from pipeline.models.select_op import SELECT_IMPLS, select_tokens
+from pipeline.models.layers import BlockGates, Context, remove_attention, remove_mlp, slice_channels, slice_heads
+from pipeline.models.select_op import SELECT_IMPLS, context_size, kept_mask, select_tokens
+
+DROPPED_TOKENS = ("discard", "context")
 
 
 def default_stages(depth: int) -> tuple[int, ...]:
@@ -90,6 +92,7 @@ class GatedViT(nn.Module):
         static_gates: bool = False,
         static_init: float = 2.0,
         dynamic: str = "none",
+        dropped_tokens: str = "discard",
     ):
         super().__init__()
         depth = len(vit.blocks)
@@ -100,8 +103,12 @@ class GatedViT(nn.Module):
         num_patches = vit.patch_embed.num_patches
         if not 1 <= min_keep <= num_patches:
             raise fail(f"gates.min_keep={min_keep} is outside [1, {num_patches}] patch tokens", "use gates.min_keep=1")
+        if dropped_tokens not in DROPPED_TOKENS:
+            raise fail(f"gates.dropped_tokens={dropped_tokens!r} is not one of {list(DROPPED_TOKENS)}",
+                       "use discard (pruned tokens leave) or context (they stay as frozen keys and values)")
         self.vit = vit
         self.stages = stages
+        self.dropped_tokens = dropped_tokens
         self.min_keep = min_keep
         self.tau = tau
         self.thresholds = nn.Parameter(torch.full((len(stages),), float(init_threshold)))
@@ -144,6 +151,9 @@ class GatedViT(nn.Module):
             raise fail(f"unknown selection {impl!r}", f"use one of {list(SELECT_IMPLS)}")
         if impl in ("capped", "fixed") and (caps is None or len(caps) != len(self.stages)):
             raise fail(f"the {impl} selection needs one patch count per stage", "pass caps=[K1, K2, ...]")
+        if impl == "fixed" and any(later > earlier for earlier, later in zip(caps, caps[1:])):
+            raise fail(f"fixed counts {list(caps)} grow from one stage to the next, but a stage can only keep tokens "
+                       "the one before it kept", "pass non-increasing counts, e.g. [30, 15, 8]")
         self.select_impl, self.caps = impl, None if caps is None else tuple(int(c) for c in caps)
         return self
 
@@ -204,8 +214,12 @@ class GatedViT(nn.Module):
                 counts.append(value_gate.sum(dim=1))
             gates = self.block_gates(i, x[:, 0], group_ids)
             layer_gates.append(gates)
-            x, scores = block.forward_gated(x, valid, value_gate if self.training else None, gates, self.num_prefix,
-                                            want_scores=i in self.score_layers)
+            if self.dropped_tokens == "context":  # every token stays a key; dropped ones stop taking updates
+                x, scores = block.forward_gated(x, None, None, gates, self.num_prefix, i in self.score_layers,
+                                                update_gate=value_gate, score_valid=valid)
+            else:
+                x, scores = block.forward_gated(x, valid, value_gate if self.training else None, gates,
+                                                self.num_prefix, want_scores=i in self.score_layers)
         tokens = torch.stack(counts, dim=1) if counts else x.new_zeros(batch, 0)
         return self.head(x), MaskedStats(tokens=tokens, gates=layer_gates)
 
@@ -217,21 +231,38 @@ class GatedViT(nn.Module):
         x = self.embed(images)
         valid: Optional[torch.Tensor] = None
         scores: Optional[torch.Tensor] = None
+        context: Optional[Context] = None
         kept = []
         for i, block in enumerate(self.vit.blocks):
             if i in self.stages:
                 s = self.stages.index(i)
-                cap = None if self.caps is None else self.caps[s]
-                x, lengths = select_tokens(x, scores, self.thresholds[s], self.num_prefix, self.min_keep,
-                                           self.select_impl, cap)
+                x, lengths, context = self.select_stage(s, x, valid, scores, context, self.thresholds[s])
                 valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
                 kept.append(lengths)
             gates = self.block_gates(i, x[:, 0], None)
             if record_gates is not None:
                 record_gates.append(gates)
-            x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, want_scores=i in self.score_layers)
+            x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, i in self.score_layers, context)
         lengths = torch.stack(kept, dim=1) if kept else torch.zeros(x.shape[0], 0, dtype=torch.int32, device=x.device)
         return self.head(x), lengths
+
+    def select_stage(self, stage: int, x: torch.Tensor, valid: Optional[torch.Tensor], scores: torch.Tensor,
+                     context: Optional[Context], threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[Context]]:
+        """One pruning stage of `forward_dropped`: the kept tokens [B, K, C], their lengths [B] (prefix included) and,
+        with `dropped_tokens == "context"`, the context grown by the valid tokens this stage dropped."""
+        cap = None if self.caps is None else self.caps[stage]
+        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.select_impl, cap)
+        if self.dropped_tokens != "context":
+            return kept, lengths, None
+        dropped = kept_mask(scores, threshold, self.min_keep, self.select_impl, cap).logical_not()
+        if valid is not None:
+            dropped = dropped & valid[:, self.num_prefix:]
+        caps = None if self.caps is None else self.caps[:stage + 1]
+        size = context_size(self.select_impl, self.geometry().num_patches, self.min_keep, caps)
+        tokens, context_valid = token_ops.add_to_context(
+            None if context is None else context.tokens, None if context is None else context.valid,
+            x[:, self.num_prefix:], dropped, size)
+        return kept, lengths, Context(tokens, context_valid)
 
     # ---- cost ----------------------------------------------------------------------------------------------
     def macs(self, tokens: torch.Tensor, gates: Optional[Sequence[BlockGates]] = None) -> torch.Tensor:
@@ -245,7 +276,8 @@ class GatedViT(nn.Module):
             hidden = geom.mlp_hidden[i] if g.channels is None else g.channels.sum(dim=-1)
             attn_on = int(geom.heads[i] > 0) if g.attn is None else g.attn
             mlp_on = int(geom.mlp_hidden[i] > 0) if g.mlp is None else g.mlp
-            total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on)
+            total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on,
+                                       self._context_tokens(n, geom))
         return torch.as_tensor(total, dtype=torch.float32).expand(tokens.shape[0]) if not torch.is_tensor(total) else total
 
     def static_macs(self) -> torch.Tensor:
@@ -264,8 +296,13 @@ class GatedViT(nn.Module):
         per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, fewest)
         total = float(embed_and_head_macs(geom))
         for i in self.score_layers:
-            total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0))
+            total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0,
+                                      context=self._context_tokens(per_layer[i], geom)))
         return total
+
+    def _context_tokens(self, tokens, geom: Geometry):
+        """Context rows a layer reads when it runs `tokens` tokens: every token not among them, in context mode."""
+        return geom.num_tokens - tokens if self.dropped_tokens == "context" else 0
 
     # ---- slicing -------------------------------------------------------------------------------------------
     def sliced(self) -> "GatedViT":

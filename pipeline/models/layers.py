@@ -26,6 +26,14 @@ class BlockGates(NamedTuple):
     mlp: Optional[torch.Tensor] = None  # [] or [B]
 
 
+class Context(NamedTuple):
+    """Dropped tokens kept as frozen keys and values (`gates.dropped_tokens: context`): never updated again, read by
+    every later attention. Padded like the kept tokens: `valid` marks the real rows."""
+
+    tokens: torch.Tensor  # [B, Kc, C]
+    valid: torch.Tensor  # [B, Kc] bool
+
+
 class GatedAttention(Attention):
     """timm Attention that masks invalid keys, gates heads, and can return class-attention token scores."""
 
@@ -41,25 +49,52 @@ class GatedAttention(Attention):
         head_gate: Optional[torch.Tensor] = None,
         num_prefix: int = 1,
         want_scores: bool = False,
+        context: Optional[Context] = None,
+        score_valid: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Returns the attention output and, if asked, the [B, N - P] token scores from the class row."""
+        """Returns the attention output and, if asked, the [B, N - P] token scores from the class row.
+
+        `context` (already normalised) adds keys and values before x's own (its size is static, so x's keys sit at
+        the same positions at any batch composition); only x's tokens are scored, those of
+        `score_valid` if given (training with context keeps every key and marks the active tokens there), else those
+        of `key_valid`."""
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        attn_valid = key_valid
+        if context is None:
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        else:
+            q, k, v = self._with_context(x, context.tokens)
+            own = key_valid if key_valid is not None else torch.ones(B, N, dtype=torch.bool, device=x.device)
+            attn_valid = torch.cat([context.valid, own], dim=1)
         q, k = self.q_norm(q), self.k_norm(k)
         if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
             v = v * value_gate[:, None, :, None]
-        out, attn, head_out = self._attend(q, k, v, key_valid, want_scores)
+        out, attn, head_out = self._attend(q, k, v, attn_valid, want_scores)
         scores = None
         if want_scores:
             gate = None if head_gate is None else head_gate.detach()
             weights = token_ops.head_importance(head_out, gate)
-            scores = token_ops.token_scores(attn, weights, num_prefix, key_valid)
+            scores = token_ops.token_scores(attn[..., attn.shape[-1] - N:], weights, num_prefix,
+                                            key_valid if score_valid is None else score_valid)
         if head_gate is not None and head_gate.dim() == 2:  # per-sample (group) gates cannot fold into weights
             out = out * head_gate[:, :, None, None]
             head_gate = None
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(_gated_linear(self.proj, out, head_gate, group=self.head_dim)), scores
+
+    def _with_context(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q of x's tokens; k, v of the context rows then x's tokens, from one product over both (a context token has
+        no query). Written as two products over qkv's Q and K/V rows, which partition its weight, so an export folds
+        them into two initializers no larger than the one (`pipeline.export.fold_weights`)."""
+        B, N, _ = x.shape
+        weight, bias = self.qkv.weight, self.qkv.bias
+        dim = self.attn_dim
+        q = F.linear(x, weight[:dim], None if bias is None else bias[:dim])
+        kv = F.linear(torch.cat([context, x], dim=1), weight[dim:], None if bias is None else bias[dim:])
+        q = q.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.reshape(B, kv.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
                 want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -96,13 +131,21 @@ class GatedBlock(Block):
         gates: BlockGates = BlockGates(),
         num_prefix: int = 1,
         want_scores: bool = False,
+        context: Optional[Context] = None,
+        update_gate: Optional[torch.Tensor] = None,
+        score_valid: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`context`: frozen tokens the attention also reads; `update_gate` ([B, N], training with context): how much
+        of each branch a token takes (0 freezes it); `score_valid`: see `GatedAttention.forward_gated`."""
         scores = None
         if self.attn is not None and not self._skipped(gates.attn):
-            a, scores = self.attn.forward_gated(self.norm1(x), key_valid, value_gate, gates.heads, num_prefix, want_scores)
-            x = x + self.drop_path1(_scale(self.ls1(a), gates.attn))
+            normed = None if context is None else Context(self.norm1(context.tokens), context.valid)
+            a, scores = self.attn.forward_gated(self.norm1(x), key_valid, value_gate, gates.heads, num_prefix,
+                                                want_scores, normed, score_valid)
+            x = x + _per_token(self.drop_path1(_scale(self.ls1(a), gates.attn)), update_gate)
         if self.mlp is not None and not self._skipped(gates.mlp):
-            x = x + self.drop_path2(_scale(self.ls2(self.mlp.forward_gated(self.norm2(x), gates.channels)), gates.mlp))
+            branch = self.ls2(self.mlp.forward_gated(self.norm2(x), gates.channels))
+            x = x + _per_token(self.drop_path2(_scale(branch, gates.mlp)), update_gate)
         return x, scores
 
     def _skipped(self, gate: Optional[torch.Tensor]) -> bool:
@@ -121,6 +164,10 @@ def _scale(branch: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
     if gate is None:
         return branch
     return branch * (gate if gate.dim() == 0 else gate[:, None, None])
+
+
+def _per_token(branch: torch.Tensor, gate: Optional[torch.Tensor]) -> torch.Tensor:
+    return branch if gate is None else branch * gate[..., None]
 
 
 def remove_attention(block: GatedBlock) -> None:

@@ -6,7 +6,7 @@ data-dependent K; `capped` uses a static K per stage (DESIGN.md §3). `fixed` is
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 
@@ -49,6 +49,31 @@ def select_tokens(
             return token_ops.token_select_fixed(x, scores, num_prefix, cap)
         return token_ops.token_select_capped(x, scores, threshold, num_prefix, min_keep, cap)
     raise ValueError(f"unknown select impl {impl!r}; expected one of {SELECT_IMPLS}")
+
+
+def kept_mask(
+    scores: torch.Tensor, threshold: torch.Tensor, min_keep: int, impl: SelectImpl = "op", cap: Optional[int] = None,
+) -> torch.Tensor:
+    """[B, K] bool: the patch tokens `select_tokens` keeps with the same arguments (the context needs the rest)."""
+    if impl == "fixed":
+        return token_ops.top_rank_mask(scores, min(cap, scores.shape[1]))
+    keep = token_ops.keep_mask(scores, threshold, min_keep)
+    if impl == "capped" and cap < scores.shape[1]:
+        keep = keep & token_ops.top_rank_mask(torch.where(keep, scores, torch.full_like(scores, float("-inf"))), cap)
+    return keep
+
+
+def context_size(impl: SelectImpl, num_patches: int, min_keep: int, caps: Optional[Sequence[int]]) -> int:
+    """Rows of the context after a stage: the most patches a sample can have dropped by then, at least 1 so no tensor
+    is empty. A sample keeps at least min(min_keep, every cap so far) patches (fixed counts: exactly the stage's
+    count, counts being non-increasing), so it has dropped at most the rest.
+
+    Static on purpose, not the batch's largest count: context keys come first in attention, so a size that followed
+    the batch would move a sample's own keys with its batch's composition, and the kernels' blocked sums (and int8
+    roundings after them) with them. The price is attention and K/V projections over padding rows early on."""
+    caps = list(caps or [])
+    least = caps[-1] if impl == "fixed" else min([min_keep, *caps])
+    return max(1, num_patches - least)
 
 
 def _native_select(x, scores, threshold, num_prefix, min_keep):

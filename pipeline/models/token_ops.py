@@ -193,6 +193,27 @@ def compact_kept(
     return y, (counts + num_prefix).to(torch.int32)
 
 
+def add_to_context(
+    context: torch.Tensor | None, context_valid: torch.Tensor | None, patches: torch.Tensor, dropped: torch.Tensor,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context tokens after a stage: the earlier context plus this stage's dropped patch rows, compacted.
+
+    Args:
+        context, context_valid: [B, Kc, C] and [B, Kc] bool, or None before the first stage.
+        patches: [B, K, C] the patch rows the stage chose from; dropped: [B, K] bool, the valid ones it dropped.
+        size: rows of the result, at least every sample's count and at most the rows available.
+    Returns:
+        [B, size, C] rows (earlier context first, each part in its original order, then zero rows) and their
+        [B, size] validity.
+    """
+    rows = patches if context is None else torch.cat([context, patches], dim=1)
+    mask = dropped if context_valid is None else torch.cat([context_valid, dropped], dim=1)
+    counts = mask.sum(dim=1)
+    tokens, _ = compact_kept(rows, mask, counts, 0, size)
+    return tokens, torch.arange(size, device=rows.device)[None, :] < counts[:, None]
+
+
 def key_valid_from_lengths(lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """[B, K] bool: True for the first lengths[b] tokens of each sample."""
     return torch.arange(num_tokens, device=lengths.device)[None, :] < lengths[:, None]
