@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
 from pipeline.export import schema
+from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.models import GatedViT
 
@@ -74,6 +75,7 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
             custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx},
         )
     proto = program.model_proto
+    fold_weight_views(proto)
     attach(proto, info)
     path = Path(path)
     with atomic_path(path) as tmp:

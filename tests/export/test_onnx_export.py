@@ -23,11 +23,15 @@ ARCHS = {
     "deit_tiny_distilled": {"arch": "deit_tiny_distilled_patch16_224", "img_size": 64, "in_chans": 3,
                             "patch_size": None, "embed_dim": None, "depth": 6, "num_heads": None, "mlp_ratio": None},
 }
+ARCHS["default-geometry-context"] = ARCHS["default-geometry"]  # dropped tokens stay as frozen keys and values
+CONTEXT = {"default-geometry-context"}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
 def exported(request, tmp_path_factory, fmnist_root):
-    cfg = tiny_config(fmnist_root, model=ARCHS[request.param], gates={"token_stages": None, "init_threshold": 1.0})
+    gates = {"token_stages": None, "init_threshold": 1.0,
+             "dropped_tokens": "context" if request.param in CONTEXT else "discard"}
+    cfg = tiny_config(fmnist_root, model=ARCHS[request.param], gates=gates)
     run = make_run(tmp_path_factory.mktemp(request.param), cfg)
     paths = export_run(run, ["plugin", "native", "capped", "dense"])
     return cfg, run, paths
@@ -73,7 +77,10 @@ def test_tensorrt_flavors_keep_attention_fusable(exported):
     scoring = len(load_student(run).stages)
     for flavor in ("plugin", "native", "capped"):
         model = onnx.load(str(paths[flavor]))
-        softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax"}
+        rank = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.value_info}
+        # attention matrices [B, H, N, N]; the separate class pass's [B, H, N] may be sliced (context keys drop out)
+        assert all(n.output[0] in rank for n in model.graph.node if n.op_type == "Softmax"), "ranks are known"
+        softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax" and rank.get(n.output[0]) == 4}
         row_reads = [n for n in model.graph.node if n.op_type in ("Gather", "Slice") and n.input[0] in softmax]
         assert len(row_reads) == (0 if flavor in ("plugin", "capped") else scoring), flavor
 
@@ -128,3 +135,33 @@ def test_bad_export_requests(tmp_path, tiny_run, fmnist_root):
         export_run(untrained, ["native"])
     with pytest.raises(TokenGateError, match="has no config.json"):
         export_run(tmp_path, ["native"])
+
+
+def test_plugin_flavor_runs_with_our_onnxruntime_op(exported):
+    """The plugin flavor through ONNX Runtime with TokenSelect registered: the fused node plus, in context mode, the
+    context's compaction in standard ops beside it."""
+    from pipeline.runners import make_runner
+
+    cfg, run, paths = exported
+    images = torch.randn(7, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size,
+                         generator=torch.Generator().manual_seed(3))
+    got = make_runner(paths["plugin"], "ort-cpu").infer(images.numpy())
+    with torch.no_grad():
+        expected, lengths = (t.numpy() for t in load_student(run).forward_dropped(images))
+    np.testing.assert_array_equal(got.kept_tokens, lengths)
+    assert np.abs(got.logits - expected).max() <= PARITY_TOL
+
+
+def test_weights_are_stored_once_and_read_straight(exported):
+    """No Transpose or Slice is left over a weight (context mode reads qkv's rows twice: those views are folded), and
+    the file holds the student's parameters once (the exporter merges a few, e.g. the class token into its position
+    embedding), plus small index constants."""
+    _, run, paths = exported
+    params = sum(p.numel() for p in load_student(run).parameters())
+    for flavor in ("plugin", "native", "capped"):
+        model = onnx.load(str(paths[flavor]))
+        weights = {t.name: t for t in model.graph.initializer}
+        views = [n.name for n in model.graph.node if n.op_type in ("Transpose", "Slice") and n.input[0] in weights]
+        assert not views, flavor
+        stored = sum(int(np.prod(t.dims)) for t in weights.values())
+        assert 0.95 * params <= stored <= params * 1.05, flavor
