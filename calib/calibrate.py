@@ -64,21 +64,24 @@ def check_set_matches(cal: CalibSet, dataset: Dataset) -> None:
                    "build --image-folder DIR --out calib/sets/NAME (or --fashion-mnist ROOT)")
 
 
-def calibrated_config(source: Source, budget: float):
-    """The run's config: the source's, with the weights now in the run dir and no gates left to train."""
+def calibrated_config(source: Source, budget: float, dropped_tokens: str = "context"):
+    """The run's config: the source's, with the weights now in the run dir, no gates left to train, and what
+    becomes of pruned tokens (`gates.dropped_tokens`)."""
     cfg = source.cfg
     return replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
-                   gates=replace(cfg.gates, static=False, dynamic="none"), budget=replace(cfg.budget, target=budget))
+                   gates=replace(cfg.gates, static=False, dynamic="none", dropped_tokens=dropped_tokens),
+                   budget=replace(cfg.budget, target=budget))
 
 
 def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Sequence[float] = (),
-              baseline: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True) -> dict:
+              baseline: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True,
+              dropped_tokens: str = "context") -> dict:
     """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content."""
     for b in (budget, *sweep):
         check_budget(b)
     notes = prepare_out(out, Path(source.origin["run"]) if "run" in source.origin else None)
     started = time.time()
-    cfg = calibrated_config(source, budget)
+    cfg = calibrated_config(source, budget, dropped_tokens)
     dataset = load_dataset(cfg.data, cfg.model)
     check_set_matches(cal, dataset)
     images = model_inputs(cal, cfg.model.in_chans, cfg.model.img_size, dataset.mean, dataset.std)
@@ -106,6 +109,7 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
         "teacher": _row(dense), "student": _row(main.val), "student_vs_teacher": compare(dense, main.val),
         "calibration": {
             "method": "pooled-quantile thresholds per stage; profile grid + bisection on the knob; min KL to dense",
+            "dropped_tokens": dropped_tokens,
             "baseline_method": None if not baseline else "fixed top-k counts per stage: every whole-token split that "
                                f"matches the cost (the {MAX_TRIALS} closest), min KL to dense",
             **main.to_dict(dense), "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),

@@ -43,4 +43,6 @@ def check_reachable(budget: float, floor: float, model: GatedViT) -> None:
         raise fail(f"budget {budget:g} is below {floor:.3f}, the cost that no threshold removes (patch embedding, "
                    f"head, blocks 0-{first - 1} at every token, then {model.num_prefix} prefix + {model.min_keep} "
                    f"min_keep tokens per stage)",
-                   f"use a budget above {floor:.3f}, or prune earlier (gates.token_stages)")
+                   f"use a budget above {floor:.3f}, or prune earlier (gates.token_stages)"
+                   + ("; dropped tokens kept as context still cost their keys and values (--dropped-tokens discard "
+                      "costs less)" if model.dropped_tokens == "context" else ""))

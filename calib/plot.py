@@ -30,7 +30,8 @@ def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -
                 label="trained student")
     ax.set_xlabel("GFLOPs / dense GFLOPs (validation mean)")
     ax.set_ylabel("top-1 % (validation)")
-    ax.set_title(f"Token thresholds without training ({cal['calib_set']['id']})", fontsize=10)
+    mode = cal.get("dropped_tokens", "discard")  # summaries from before the option discarded
+    ax.set_title(f"Token thresholds without training ({cal['calib_set']['id']}; dropped tokens: {mode})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -40,15 +40,29 @@ class Agreement:
 
 def _with_topk_outputs(path: Path, folder: Path) -> tuple[Path, list[str]]:
     """A copy of the model that also outputs each stage's compaction TopK indices (one TopK per stage in the
-    native and capped flavors: ranking itself is done by pairwise comparisons)."""
+    native and capped flavors: ranking itself is done by pairwise comparisons). None from a graph with TokenSelect
+    nodes: they hide the kept compaction, and a TopK beside them compacts the context."""
     model = onnx.load(str(path))
     chosen = set(selection_nodes(model))
-    names = [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]
+    fused = any(n.domain == "tokengate" for n in model.graph.node)
+    names = [] if fused else [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
     out = folder / path.name
     onnx.save_model(model, str(out))
     return out, names
+
+
+def stage_topks(names: Sequence[str], stages: int) -> list[str]:
+    """The kept-token compaction TopK of each stage, from the TopKs of an export in its node order (the exporter's is
+    program order): one TopK per stage, or two where dropped tokens become context (the stage's kept compaction comes
+    first, as in `GatedViT.select_stage`, then the context's).
+    Anything else: [] (kept sets are then not compared)."""
+    if stages and len(names) == stages:
+        return list(names)
+    if stages and len(names) == 2 * stages:
+        return list(names[0::2])
+    return []
 
 
 def _run(session, images: np.ndarray, batch_size: int, extra: Sequence[str]) -> tuple[np.ndarray, Optional[np.ndarray],
@@ -80,7 +94,8 @@ def compare(fp32: str | Path, int8: str | Path, images: np.ndarray, labels: Opti
             (Path(tmp) / sub).mkdir()
             paths.append(_with_topk_outputs(path, Path(tmp) / sub))
         (p32, names32), (p8, names8) = paths
-        extra = names32 if names32 == names8 and len(names32) == stages else []
+        # Chosen by their order in the fp32 export (program order); the quantizer keeps names, not node order.
+        extra = stage_topks(names32, stages) if set(names32) == set(names8) else []
         s32, s8 = cpu_session(p32), cpu_session(p8)
         l32, k32, sets32 = _run(s32, images, batch_size, extra)
         l8, k8, sets8 = _run(s8, images, batch_size, extra)

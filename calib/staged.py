@@ -3,8 +3,8 @@
 Calibration needs what `GatedViT.forward_dropped` cannot give: each stage's token scores for *all* images before
 that stage's threshold is chosen (a threshold is a quantile of the pooled scores). So this runs the model's own
 pieces (`embed`, `block_gates`, `forward_gated`, `select_tokens`, `head`) in the same order, stage-major instead of
-batch-major, and caches everything before the first stage, which no threshold changes. Its parity with
-`forward_dropped` is tested.
+batch-major, and caches everything before the first stage, which no threshold changes. Each stage is the model's own
+`select_stage`, so dropped tokens become context exactly as deployed. Its parity with `forward_dropped` is tested.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from pipeline.errors import fail
 from pipeline.models import GatedViT
-from pipeline.models.select_op import select_tokens
+from pipeline.models.layers import Context
 from pipeline.models.token_ops import key_valid_from_lengths
 
 # (stage index, pooled finite scores of every valid patch token at that stage) -> the stage's threshold
@@ -27,6 +27,7 @@ class _Chunk:
     x: torch.Tensor
     valid: Optional[torch.Tensor]
     scores: Optional[torch.Tensor]
+    context: Optional[Context] = None
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ class StagedForward:
             thresholds.append(threshold)
             end = stages[s + 1] if s + 1 < len(stages) else len(model.vit.blocks)
             theta = torch.tensor(threshold, dtype=torch.float32)
-            cap = None if model.caps is None else model.caps[s]
             next_chunks, stage_lengths = [], []
             for c in chunks:
-                x, kept = select_tokens(c.x, c.scores, theta, model.num_prefix, model.min_keep, model.select_impl, cap)
-                next_chunks.append(self._blocks(_Chunk(x, key_valid_from_lengths(kept, x.shape[1]), None), start, end))
+                x, kept, context = model.select_stage(s, c.x, c.valid, c.scores, c.context, theta)
+                valid = key_valid_from_lengths(kept, x.shape[1])
+                next_chunks.append(self._blocks(_Chunk(x, valid, None, context), start, end))
                 stage_lengths.append(kept)
             chunks = next_chunks
             lengths.append(torch.cat(stage_lengths))
@@ -79,5 +80,5 @@ class StagedForward:
         for i in range(start, end):
             gates = model.block_gates(i, x[:, 0], None)
             x, scores = model.vit.blocks[i].forward_gated(x, chunk.valid, None, gates, model.num_prefix,
-                                                          want_scores=i in model.score_layers)
-        return _Chunk(x, chunk.valid, scores)
+                                                          i in model.score_layers, chunk.context)
+        return _Chunk(x, chunk.valid, scores, chunk.context)

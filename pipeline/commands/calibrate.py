@@ -1,4 +1,5 @@
-"""tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]"""
+"""tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]
+[--dropped-tokens context|discard]"""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. --set data.val_limit=2000 (repeatable)")
     p.add_argument("--sweep", default=None, help="more budgets to calibrate and compare, e.g. 0.5,0.6,0.65,0.7,0.8")
     p.add_argument("--plot", default=None, help="accuracy vs GFLOPs plot (PNG); default OUT/calib.png with --sweep")
+    p.add_argument("--dropped-tokens", choices=("context", "discard"), default=None,
+                   help="what a pruned token becomes: context (default) stays a frozen key and value of the later "
+                        "attentions, which a model trained on every token still reads; discard leaves the network "
+                        "(--set gates.dropped_tokens=... works too)")
     p.add_argument("--no-baseline", action="store_true", help="skip the fixed-rate top-k baseline")
     p.add_argument("--grid", type=int, default=6,
                    help="the thresholds' profile grid: 1/GRID steps per stage (6); the fixed-rate baseline measures "
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_source(args.model, args.checkpoint, args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{source.name}-calib{round(args.budget * 100)}"
     summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline, steps=args.grid,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg))
     print_calibration(summary, source.trained)
     plot = Path(args.plot) if args.plot else (out / "calib.png" if sweep else None)
     if plot is not None:
@@ -56,6 +61,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot: {plot}")
     print(f"run: {out} (tokengate export {out})")
     return 0
+
+
+def _dropped_tokens(args: argparse.Namespace, cfg) -> str:
+    """--dropped-tokens, else a --set gates.dropped_tokens=..., else context (the source run's own training setting
+    does not count: a teacher trained on every token is what context serves)."""
+    from pipeline.errors import fail
+
+    given = any(o.split("=", 1)[0].strip() == "gates.dropped_tokens" for o in args.overrides)
+    if args.dropped_tokens and given and args.dropped_tokens != cfg.gates.dropped_tokens:
+        raise fail(f"--dropped-tokens {args.dropped_tokens} contradicts --set gates.dropped_tokens="
+                   f"{cfg.gates.dropped_tokens}", "give one of them")
+    return args.dropped_tokens or (cfg.gates.dropped_tokens if given else "context")
 
 
 def _budgets(text: str | None) -> tuple[float, ...]:

@@ -1,5 +1,6 @@
 """The fixed-keep-rate top-k baseline: its cost matches the target, every image keeps exactly k_s patches, and the
 search measures every split that matches the cost (checked against a brute-force enumeration written here)."""
+import copy
 import itertools
 
 import pytest
@@ -30,9 +31,12 @@ def test_counts_follow_the_profile():
     assert counts_for((0.5, 0.5), 1.0, 16) == (16, 16)
 
 
+@pytest.mark.parametrize("mode", ["discard", "context"])
 @pytest.mark.parametrize("target", [0.7, 0.8])
-def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target):
+def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target, mode):
     student, images, dense, reference = setup
+    student = copy.deepcopy(student)
+    student.dropped_tokens = mode  # context: the same counts cost more (their keys and values), so fewer are kept
     search = FixedRateSearch(student, images, dense, reference)
     result = search.search(target, progress=False)
     best = result.best

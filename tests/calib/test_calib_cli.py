@@ -31,7 +31,9 @@ def test_calibrated_run_looks_like_a_trained_one(calibrated_run, tiny_run, calib
     assert cal["fixed"]["counts"] and "top1" in cal["fixed"]
     cfg = load_run_config(out)
     assert cfg.model.checkpoint is None and not cfg.gates.static and cfg.budget.target == 0.8
+    assert cfg.gates.dropped_tokens == "context" and cal["dropped_tokens"] == "context"  # the command's default
     student, teacher = load_student(out), load_teacher(out)
+    assert student.dropped_tokens == "context"
     assert [round(float(t), 6) for t in student.thresholds.detach()] == [round(t, 6) for t in cal["thresholds"]]
     assert torch.equal(teacher.vit.head.weight, load_teacher(source).vit.head.weight), "teacher copied unchanged"
     data = load_dataset(cfg.data, cfg.model)
@@ -78,6 +80,9 @@ def test_bad_sources_and_sets(tiny_run, calib_set, tmp_path, capsys):
     assert code == 2 and "needs weights" in err[0] and "--checkpoint" in err[0]
     code, err = _calibrate(capsys, run, "--calib-set", tmp_path)
     assert code == 2 and "is not a calibration set" in err[0]
+    code, err = _calibrate(capsys, run, "--calib-set", calib_set.folder, "--dropped-tokens", "context",
+                           "--set", "gates.dropped_tokens=discard", "--out", tmp_path / "c")
+    assert code == 2 and "contradicts --set gates.dropped_tokens=discard" in err[0]
     code, err = _calibrate(capsys, run, "--calib-set", calib_set.folder, "--out", run)
     assert code == 2 and "is the run being calibrated" in err[0]
     other = tmp_path / "other"

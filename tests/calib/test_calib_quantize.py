@@ -41,8 +41,10 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
     assert result.path.name == f"model.{flavor}.int8.onnx"
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
-    depth = 4
-    assert len(result.quantized) == 4 * depth + 2, "qkv, proj, fc1, fc2 per block, plus patch embedding and head"
+    depth, first_stage = 4, read_info(exported[flavor]).stages[0]
+    # qkv, proj, fc1, fc2 per block, patch embedding and head; and, since a calibrated run keeps dropped tokens as
+    # context, the context rows' K/V projection in every block from the first stage on
+    assert len(result.quantized) == 4 * depth + 2 + (depth - first_stage)
     excluded = selection_nodes(source)
     types = {n.name: n.op_type for n in source.graph.node}
     assert {"ReduceL2", "Greater", "TopK"} <= {types[n] for n in excluded}, "head importance, comparisons, ranking"
@@ -89,11 +91,13 @@ def test_quantize_command_and_its_bad_inputs(exported, calib_set, tmp_path, caps
                  "--out", str(out), "--check-images", "50"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "kept counts" in printed and "flips" in printed
-    assert read_quantization(out)["quantized_nodes"] == 18 and not read_quantization(out)["score_layers_fp32"]
+    # 18 weight GEMMs, plus the context rows' K/V projections of blocks 2 and 3 (the calibrated run keeps context)
+    assert read_quantization(out)["quantized_nodes"] == 20 and not read_quantization(out)["score_layers_fp32"]
     assert main(["quantize", str(exported["native"]), "--calib-set", str(calib_set.folder), "--out", str(out),
                  "--score-layers-fp32", "--no-check"]) == 0
     record = read_quantization(out)
-    assert record["quantized_nodes"] == 18 - 2, "the qkv GEMMs of the two score layers (blocks 1 and 2) stay fp32"
+    assert record["quantized_nodes"] == 20 - 3, \
+        "the qkv GEMMs of the two score layers (blocks 1 and 2) and block 2's context K/V GEMM stay fp32"
 
     def refused(*args):
         assert main(["quantize", *map(str, args)]) == 2
@@ -124,3 +128,25 @@ def test_original_ids_follow_the_compactions():
     assert _original_ids([first, second], [3, 2], 8) == [frozenset({5, 2, 7}), frozenset({7, 5})]
     with pytest.raises(ValueError, match="beyond the 3 patches"):
         _original_ids([first, np.array([4, 0])], [3, 1], 8)
+
+
+def test_kept_set_readout_takes_each_stages_kept_compaction(exported):
+    """In context mode a stage has two compaction TopKs; the kept tokens' one (data-dependent k in the native flavor)
+    comes first, the context's (static k) second."""
+    from calib.qdq_check import stage_topks
+
+    model = onnx.load(str(exported["native"]))
+    constants = {t.name for t in model.graph.initializer}
+    topks = {n.output[1]: n for n in model.graph.node if n.op_type == "TopK"}
+    info = read_info(exported["native"])
+    names = [name for name in topks if name in set(_topk_names(model))]
+    chosen = stage_topks(names, len(info.stages))
+    assert len(names) == 2 * len(info.stages) and len(chosen) == len(info.stages)
+    assert all(topks[name].input[1] not in constants for name in chosen), "kept compactions: k follows the batch"
+    assert all(topks[name].input[1] in constants for name in set(names) - set(chosen)), "context: static k"
+    assert stage_topks(names[:-1], len(info.stages)) == []
+
+
+def _topk_names(model):
+    chosen = set(selection_nodes(model))
+    return [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]

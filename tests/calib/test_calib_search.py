@@ -44,8 +44,17 @@ def test_profile_grid_covers_the_simplex():
                                                for p in near)
 
 
-def test_staged_forward_equals_forward_dropped(setup):
-    student, images, _, _ = setup
+@pytest.fixture(params=["discard", "context"])
+def modal(setup, request):
+    """The setup's student with each `dropped_tokens` mode (restored afterwards: the fixture is shared)."""
+    student = setup[0]
+    student.dropped_tokens = request.param
+    yield setup
+    student.dropped_tokens = "discard"
+
+
+def test_staged_forward_equals_forward_dropped(modal):
+    student, images, _, _ = modal
     thresholds = (0.9, 1.1)
     staged = StagedForward(student, images, batch_size=16).run(lambda s, pooled: thresholds[s])
     with torch.no_grad():
@@ -57,8 +66,8 @@ def test_staged_forward_equals_forward_dropped(setup):
 
 
 @pytest.mark.parametrize("budget", [0.7, 0.85])
-def test_search_meets_the_budget_as_deployed(setup, budget):
-    student, images, dense, reference = setup
+def test_search_meets_the_budget_as_deployed(modal, budget):
+    student, images, dense, reference = modal
     result = ThresholdSearch(student, images, dense, reference).search(budget, steps=3, progress=False)
     best = result.best
     assert best.ratio <= budget and abs(best.ratio - budget) <= BUDGET_TOL * budget, best
