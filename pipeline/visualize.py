@@ -1,8 +1,8 @@
 """`tokengate visualize`: which patches each token stage keeps, drawn over the images (dropped patches dimmed).
 
 The kept set per stage is recomputed with the model's own pieces in `forward_dropped`'s order, carrying each
-surviving token's original patch index through the same compaction (`token_ops.compact_kept`), so the picture shows
-exactly what the deployed model keeps; `kept_patches` checks its counts against `forward_dropped`'s.
+surviving token's original patch index through the same compaction (`token_ops.compact_kept`; the stage itself is the
+model's `select_stage`, context tokens included), so the picture shows exactly what the deployed model keeps; `kept_patches` checks its counts against `forward_dropped`'s.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from pipeline.artifacts import save_png
 from pipeline.models import GatedViT, token_ops
+from pipeline.models.select_op import kept_mask
 
 CELL_INCHES = 1.6
 DPI = 100
@@ -28,16 +29,15 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
     prefix, batch = model.num_prefix, x.shape[0]
     patches = x.shape[1] - prefix
     origin = torch.arange(patches, dtype=x.dtype).expand(batch, patches)[..., None]  # each token's patch index
-    valid, scores, masks, lengths_all = None, None, [], []
+    valid, scores, context, masks, lengths_all = None, None, None, [], []
     for i, block in enumerate(model.vit.blocks):
         if i in model.stages:
             s = model.stages.index(i)
-            keep = token_ops.keep_mask(scores, model.thresholds[s], model.min_keep)
-            counts = keep.sum(dim=1)
-            width = int(counts.max())
-            x, lengths = token_ops.compact_kept(x, keep, counts, prefix, width)
+            cap = None if model.caps is None else model.caps[s]
+            keep = kept_mask(scores, model.thresholds[s], model.min_keep, model.select_impl, cap)
+            x, lengths, context = model.select_stage(s, x, valid, scores, context, model.thresholds[s])
             padded_origin = torch.cat([origin.new_zeros(batch, prefix, 1), origin], dim=1)
-            origin = token_ops.compact_kept(padded_origin, keep, counts, prefix, width)[0][:, prefix:]
+            origin = token_ops.compact_kept(padded_origin, keep, keep.sum(dim=1), prefix, x.shape[1] - prefix)[0][:, prefix:]
             valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
             mask = torch.zeros(batch, patches, dtype=torch.bool)
             present = valid[:, prefix:]
@@ -46,7 +46,7 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
             masks.append(mask)
             lengths_all.append(lengths)
         gates = model.block_gates(i, x[:, 0], None)
-        x, scores = block.forward_gated(x, valid, None, gates, prefix, want_scores=i in model.score_layers)
+        x, scores = block.forward_gated(x, valid, None, gates, prefix, i in model.score_layers, context)
     expected = model.forward_dropped(images)[1]
     if lengths_all and not torch.equal(torch.stack(lengths_all, dim=1), expected):
         raise RuntimeError("kept_patches disagrees with forward_dropped on the kept counts")

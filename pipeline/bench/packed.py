@@ -160,6 +160,8 @@ class PackedForward(nn.Module):
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
         if not model.stages:
             raise ValueError("the packed layout needs at least one token stage")
+        if model.dropped_tokens != "discard":
+            raise ValueError("the packed layout discards dropped tokens; a model that keeps them as context runs padded")
         if select not in SELECTS:
             raise ValueError(f"select must be one of {SELECTS}")
         self.model, self.select, self.varlen = model, select, varlen

@@ -62,6 +62,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     images = load_images(target.cfg, target.spec.images, count, target.spec.seed)
     log(f"{len(images)} images: {images.source}", show)
     models, about = prepare_models(target, images.inputs, show)
+    flavor = context_flavor(models, runtime, flavor, explicit=opts.flavor is not None, show=show)
     kept = {name: keep.kept_tokens(m, images.inputs) for name, m in models.items()}
     gflops = {name: gmacs(float(m.macs(kept[name].double()).mean())) for name, m in models.items()}
     for name in models:
@@ -102,6 +103,19 @@ def check_flavor(runtime: str, flavor: str) -> None:
     if runtime in ("tensorrt", "ort-trt") and flavor.startswith("packed"):
         raise fail(f"the packed layout is an ONNX Runtime prototype; {runtime} builds static-shape graphs",
                    "use --flavor capped (or plugin with our TensorRT plugin)")
+
+
+def context_flavor(models: dict[str, GatedViT], runtime: str, flavor: str, explicit: bool, show: bool) -> str:
+    """The packed layout has no context tokens: models that keep dropped tokens as context run the padded graphs
+    (`native` on ONNX Runtime, `padded` in PyTorch) unless a packed flavor was asked for, which is refused."""
+    if not flavor.startswith("packed") or all(m.dropped_tokens == "discard" for m in models.values()):
+        return flavor
+    if explicit:
+        raise fail(f"--flavor {flavor} discards dropped tokens, but this run keeps them as context "
+                   "(gates.dropped_tokens: context)", f"use --flavor {'padded' if runtime == 'torch' else 'native'}")
+    fallback = "padded" if runtime == "torch" else "native"
+    log(f"flavor {fallback}: the packed layout has no context tokens (gates.dropped_tokens: context)", show)
+    return fallback
 
 
 def open_calls(target: Target, models: dict[str, GatedViT], kept: dict[str, torch.Tensor], runtime: str, flavor: str,

@@ -43,8 +43,8 @@ def without_tokens(model: GatedViT) -> GatedViT:
     return GatedViT(copy.deepcopy(model.vit)).eval()
 
 
-def with_stages(model: GatedViT, stages: tuple[int, ...], min_keep: int) -> GatedViT:
-    return GatedViT(copy.deepcopy(model.vit), stages=stages, min_keep=min_keep).eval()
+def with_stages(model: GatedViT, stages: tuple[int, ...], min_keep: int, dropped_tokens: str) -> GatedViT:
+    return GatedViT(copy.deepcopy(model.vit), stages=stages, min_keep=min_keep, dropped_tokens=dropped_tokens).eval()
 
 
 def build_variants(target: Target) -> dict[str, GatedViT]:
@@ -53,7 +53,8 @@ def build_variants(target: Target) -> dict[str, GatedViT]:
         teacher = load_teacher(target.run_dir, target.cfg)
         student = load_student(target.run_dir, target.cfg)
         return {"dense": teacher, "static": without_tokens(student),
-                "tokens": with_stages(teacher, student.stages, student.min_keep), "combined": student}
+                "tokens": with_stages(teacher, student.stages, student.min_keep, student.dropped_tokens),
+                "combined": student}
     return config_variants(target.cfg, target.spec)
 
 
@@ -63,5 +64,6 @@ def config_variants(cfg, spec: BenchConfig) -> dict[str, GatedViT]:
     stages = resolve_stages(cfg, len(teacher.vit.blocks))
     static = without_tokens(teacher)
     fraction_structure(teacher, spec.heads_fraction, spec.mlp_fraction).apply(static.vit)
-    return {"dense": teacher, "static": static, "tokens": with_stages(teacher, stages, cfg.gates.min_keep),
-            "combined": with_stages(static, stages, cfg.gates.min_keep)}
+    dropped = cfg.gates.dropped_tokens
+    return {"dense": teacher, "static": static, "tokens": with_stages(teacher, stages, cfg.gates.min_keep, dropped),
+            "combined": with_stages(static, stages, cfg.gates.min_keep, dropped)}

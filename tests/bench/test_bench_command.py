@@ -84,3 +84,22 @@ def test_bench_onnxruntime_profiles_token_select(bench_run, tmp_path):
         assert profile["select_ms"] > 0 and profile["run_ms"] > 0
         assert 0 < profile["profiler"]["select_share"] < 1  # ORT's profiler's own attribution, kept for reference
         assert profile["profiler"]["matched"] > 0.5
+
+
+def test_context_runs_bench_padded_and_refuse_the_packed_layout(tmp_path, fmnist_root, capsys):
+    """The packed layout discards dropped tokens; a run that keeps them as context times the padded graphs."""
+    from pipeline.bench.run import context_flavor
+    from pipeline.models import load_student
+
+    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3], "init_threshold": 1.0, "dropped_tokens": "context"})
+    run = make_run(tmp_path / "run", cfg)
+    models = {"combined": load_student(run)}
+    assert context_flavor(models, "ort-cpu", "packed", explicit=False, show=False) == "native"
+    assert context_flavor(models, "torch", "packed", explicit=False, show=False) == "padded"
+    assert context_flavor(models, "ort-cpu", "capped", explicit=True, show=False) == "capped"
+    report = _bench(run, tmp_path / "bench.json", "--runtime", "torch")
+    check_schema(report, [1, 3])
+    gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
+    assert gflops["tokens"] < gflops["dense"]
+    assert main(["bench", str(run), "--runtime", "torch", "--flavor", "packed", "--json", str(tmp_path / "b.json")]) == 2
+    assert "keeps them as context" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`tokengate visualize`: the PNG has one row per image and one column per stage after the input."""
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -19,9 +20,11 @@ def test_visualize_writes_the_grid(tmp_path, fmnist_root):
         assert image.size == figure_pixels(rows=3, cols=1 + 2)
 
 
-def test_kept_patches_match_forward_dropped(tmp_path, fmnist_root):
-    cfg = tiny_config(fmnist_root)
+@pytest.mark.parametrize("dropped", ["discard", "context"])
+def test_kept_patches_match_forward_dropped(tmp_path, fmnist_root, dropped):
+    cfg = tiny_config(fmnist_root, gates={"dropped_tokens": dropped})
     model = load_student(make_run(tmp_path / "run", cfg))
+    assert model.dropped_tokens == dropped
     images = torch.randn(5, 1, 28, 28)
     masks = kept_patches(model, images)
     with torch.no_grad():

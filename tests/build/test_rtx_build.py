@@ -75,3 +75,19 @@ def test_the_runner_checks_the_real_engine_before_it_needs_a_gpu(rtx, capped_eng
     monkeypatch.setattr(runner.targets, "detect_target", lambda: None)
     with pytest.raises(TokenGateError, match="needs an NVIDIA GPU"):
         runner.TensorRTRunner(capped_engine)
+
+
+def test_context_tokens_build_in_both_flavors(rtx, tmp_path, fmnist_root):
+    """gates.dropped_tokens=context adds a second compaction per stage (the context rows) and attention over them;
+    TensorRT-RTX builds it capped (static context size) and native (its TopK bounded like the kept tokens')."""
+    from pipeline.export.run_export import export_run
+
+    cfg = tiny_config(fmnist_root, model=DEFAULT_GEOMETRY,
+                      gates={"token_stages": None, "init_threshold": 1.0, "dropped_tokens": "context"})
+    run = make_run(tmp_path / "run", cfg)
+    paths = export_run(run, ["capped", "native"])
+    for flavor, precision in (("capped", "fp16"), ("native", "fp32")):
+        engine = run / f"{flavor}.engine"
+        assert main(["build", str(paths[flavor]), "--target", "sm86", "--precision", precision, "--batch", "1,8,64",
+                     "--runtime", "tensorrt-rtx", "--out", str(engine)]) == 0
+        assert engine_info.read_info(engine).flavor == flavor and engine.stat().st_size > 100_000
