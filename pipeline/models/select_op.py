@@ -56,11 +56,10 @@ def kept_mask(
 ) -> torch.Tensor:
     """[B, K] bool: the patch tokens `select_tokens` keeps with the same arguments (the context needs the rest)."""
     if impl == "fixed":
-        return token_ops.top_rank_mask(scores, min(cap, scores.shape[1]))
-    keep = token_ops.keep_mask(scores, threshold, min_keep)
-    if impl == "capped" and cap < scores.shape[1]:
-        keep = keep & token_ops.top_rank_mask(torch.where(keep, scores, torch.full_like(scores, float("-inf"))), cap)
-    return keep
+        return token_ops.fixed_keep_mask(scores, cap)
+    if impl == "capped":
+        return token_ops.capped_keep_mask(scores, threshold, min_keep, cap)
+    return token_ops.keep_mask(scores, threshold, min_keep)
 
 
 def context_size(impl: SelectImpl, num_patches: int, min_keep: int, caps: Optional[Sequence[int]]) -> int:

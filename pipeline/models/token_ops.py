@@ -165,16 +165,26 @@ def token_select_capped(
     Equals `token_select_reference` (up to extra zero rows) whenever a sample keeps at most `cap` patches;
     a sample above the cap keeps its `cap` highest-scoring kept patches.
     """
-    cap = min(cap, scores.shape[1])
+    keep = capped_keep_mask(scores, threshold, min_keep, cap)
+    return compact_kept(x, keep, keep.sum(dim=1), num_prefix, min(cap, scores.shape[1]))
+
+
+def capped_keep_mask(scores: torch.Tensor, threshold: torch.Tensor | float, min_keep: int, cap: int) -> torch.Tensor:
+    """`keep_mask`, then at most the `cap` highest-scoring of the kept patches."""
     keep = keep_mask(scores, threshold, min_keep)
     if cap < scores.shape[1]:
         keep = keep & top_rank_mask(torch.where(keep, scores, torch.full_like(scores, float("-inf"))), cap)
-    return compact_kept(x, keep, keep.sum(dim=1), num_prefix, cap)
+    return keep
+
+
+def fixed_keep_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The fixed-rate baseline's kept patches: each sample's `count` best."""
+    return top_rank_mask(scores, min(count, scores.shape[1]))
 
 
 def token_select_fixed(x: torch.Tensor, scores: torch.Tensor, num_prefix: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed-rate baseline (EViT / DynamicViT style): every sample keeps its `count` best patches, no threshold."""
-    keep = top_rank_mask(scores, min(count, scores.shape[1]))
+    keep = fixed_keep_mask(scores, count)
     return compact_kept(x, keep, keep.sum(dim=1), num_prefix, min(count, scores.shape[1]))
 
 
