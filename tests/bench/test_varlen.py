@@ -54,18 +54,21 @@ def _placeholder_model(twice: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
 
 
-def test_expansion_replaces_the_placeholder_with_a_loop():
+def test_expansion_replaces_the_placeholder_with_an_if_over_batched_and_per_sample_attention():
     model = _placeholder_model()
     assert placeholders_left(model) == 1
     assert expand_varlen_attention(model) == 1
-    assert [n.op_type for n in model.graph.node].count("Loop") == 1
+    (branch,) = [n for n in model.graph.node if n.op_type == "If"]
+    graphs = {a.name: a.g for a in branch.attribute}
+    assert [n.op_type for n in graphs["then_branch"].node].count("Loop") == 0  # one length: batched attention
+    assert [n.op_type for n in graphs["else_branch"].node].count("Loop") == 1  # lengths differ: sample by sample
     assert placeholders_left(model) == 0
     assert DOMAIN not in {o.domain for o in model.opset_import}
     onnx.checker.check_model(model)
 
 
-@pytest.mark.parametrize("lengths", [[4], [5, 2, 4], [1, 6]])
-def test_loop_equals_the_eager_op(lengths):
+@pytest.mark.parametrize("lengths", [[4], [3, 3, 3], [5, 2, 4], [1, 6]])
+def test_expansion_equals_the_eager_op(lengths):
     model = _placeholder_model()
     expand_varlen_attention(model)
     session = import_onnxruntime().InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
