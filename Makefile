@@ -16,7 +16,7 @@ PROFILE := $(if $(filter 1,$(GPU)),gpu,cpu)
 ORT_PACKAGE := $(if $(filter 1,$(GPU)),onnxruntime-gpu,onnxruntime)
 OTHER_ORT := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 EXTRAS := $(PROFILE),rtx,test
-BENCH_ARGS ?= --runtime ort-cpu --batch-sizes 1,16 --rounds 16
+BENCH_ARGS ?= --runtime ort-cpu --batch-sizes 1,16 --rounds 8
 
 .PHONY: setup data engine test bench plugins trtexec clean
 

@@ -17,7 +17,7 @@ from pipeline.artifacts import write_json
 from pipeline.bench.exports import GATED_FLAVORS, cached_export
 from pipeline.bench.images import load_images
 from pipeline.bench.keep import kept_tokens
-from pipeline.bench.metrics import percentile
+from pipeline.bench.metrics import mean_latency
 from pipeline.bench.prepare import log, prepare_models
 from pipeline.bench.profile import selection_cost
 from pipeline.bench.run import default_cache
@@ -51,10 +51,10 @@ def compare_flavors(source: str, flavors: Sequence[str], batch_sizes: Sequence[i
     load.append(os.getloadavg())
     table = {}
     for batch in batch_sizes:
-        dense = percentile(timings.latencies[("dense", batch)], 50)
+        dense = mean_latency(timings.seconds[("dense", batch)])
         for key, call in calls.items():
-            p50 = percentile(timings.latencies[(key, batch)], 50)
-            row = {"latency_ms_p50": 1000 * p50, "speedup_vs_dense": dense / p50}
+            mean = mean_latency(timings.seconds[(key, batch)])
+            row = {"latency_ms_mean": 1000 * mean, "speedup_vs_dense": dense / mean}
             if key != "dense":
                 shares = selection_cost(call, [batch_at(pool, batch, i) for i in range(profile_runs)],
                                        str(call.path.with_name(f".profile.{batch}")))

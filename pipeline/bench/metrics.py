@@ -37,23 +37,32 @@ def batch_padding_waste(kept: np.ndarray, batch: int) -> list[float]:
     return [float(np.mean([padding_waste(c[:, s]) for c in chunks])) for s in range(kept.shape[1])]
 
 
-def speedups(latency_p50: Mapping[str, float], gflops: Mapping[str, float], dense_key: str,
+def speedups(latency: Mapping[str, float], gflops: Mapping[str, float], dense_key: str,
              prefix: str) -> tuple[dict[str, float], dict[str, float]]:
     """speedup_vs_dense and speedup_efficiency for the models of one batch size.
 
-    speedup = dense latency / model latency (the same batch, so equal to the throughput ratio);
+    speedup = dense latency / model latency (the same batches, so equal to the throughput ratio);
     efficiency = speedup / (dense GFLOPs / model GFLOPs): 1.0 means the speed follows the FLOPs removed.
 
     Args:
-        latency_p50, gflops: per model name; must hold `dense_key`.
+        latency, gflops: per model name (`mean_latency`, mean GFLOPs of the same images); must hold `dense_key`.
         prefix: appended to each model name as "<model>@<prefix>" in the returned keys (the batch size).
     """
     speed, eff = {}, {}
-    for model, latency in latency_p50.items():
-        ratio = latency_p50[dense_key] / latency
+    for model, seconds in latency.items():
+        ratio = latency[dense_key] / seconds
         speed[f"{model}@{prefix}"] = ratio
         eff[f"{model}@{prefix}"] = ratio / (gflops[dense_key] / gflops[model])
     return speed, eff
+
+
+def mean_latency(seconds: np.ndarray) -> float:
+    """Seconds per batch over a set of batches timed in several rounds ([rounds, batches]): each batch's median
+    over the rounds (a stall of a noisy machine in one round is voted out), then the mean over the batches (an
+    input-adaptive model's time per image set is the sum of its batches, so its throughput follows the mean batch,
+    as its GFLOPs per image do, not the median one)."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    return float(np.median(seconds, axis=0).mean())
 
 
 def share(part: float, whole: float) -> float:

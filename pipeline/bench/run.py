@@ -18,7 +18,7 @@ from pipeline.bench.prepare import log, prepare_models
 from pipeline.bench.report import round_speedups, rows_and_speedups
 from pipeline.bench.sessions import OrtCall, TensorRTCall, TorchCall, torch_device_name
 from pipeline.bench.target import Target, load_target
-from pipeline.bench.timing import run_rounds
+from pipeline.bench.timing import run_rounds, timed_images
 from pipeline.errors import fail
 from pipeline.export.onnx_export import capped_limits
 from pipeline.flops import gmacs
@@ -39,8 +39,7 @@ class BenchOptions:
     cache: Optional[Path] = None
     threads: int = 0
     warmup_s: float = 1.0
-    min_round_s: float = 0.3
-    images: Optional[int] = None  # pool size; default: the target's bench.num_images, 256 for a run
+    images: Optional[int] = None  # pool size (every round times all of it); default: bench.num_images, 256 for a run
     profile_runs: int = 8  # profiled batches per gated model and batch size (the shares are medians over them)
     top1_limit: int = 0  # 0 = the whole validation split
     opset: int = 20
@@ -64,7 +63,9 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     models, about = prepare_models(target, images.inputs, show)
     flavor = context_flavor(models, runtime, flavor, explicit=opts.flavor is not None, show=show)
     kept = {name: keep.kept_tokens(m, images.inputs) for name, m in models.items()}
-    gflops = {name: gmacs(float(m.macs(kept[name].double()).mean())) for name, m in models.items()}
+    macs = {name: m.macs(kept[name].double()).numpy() for name, m in models.items()}  # per image
+    gflops = {(name, b): gmacs(float(macs[name][timed_images(len(macs[name]), b)].mean()))
+              for name in models for b in opts.batch_sizes}
     for name in models:
         about[name]["kept_tokens_mean"] = [float(v) for v in kept[name].double().mean(0)]
     calls, device, paths = open_calls(target, models, kept, runtime, flavor, opts)
@@ -73,7 +74,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     load_before = os.getloadavg()
     log(f"timing {', '.join(models)} at batch {', '.join(map(str, opts.batch_sizes))}: {opts.rounds} rounds "
         f"(load average {load_before[0]:.2f})", show)
-    timings = run_rounds(calls, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, opts.min_round_s, show=show)
+    timings = run_rounds(calls, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=show)
     load_after = os.getloadavg()
     top1, top1_source = accuracy(target, calls, opts, show)
     names = list(models)
@@ -81,7 +82,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     report: dict[str, Any] = {
         "runtime": runtime, "device": device, "rows": rows, "speedup_vs_dense": speed, "speedup_efficiency": eff,
         "target": str(source), "flavor": flavor,
-        "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "reps_per_round": timings.reps,
+        "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "batches_per_round": timings.batches,
         "speedup_rounds": round_speedups(timings, names, opts.batch_sizes),
         "padding_waste": {f"{m}@{b}": float(np.mean(w)) for (m, b), w in timings.waste.items()},
         "padding_waste_per_stage": {f"{m}@{b}": [float(v) for v in np.mean(w, axis=0)]

@@ -19,16 +19,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="ort-cpu",
                    help=f"one of {', '.join(RUNTIMES)} (onnxruntime = ort-cpu); default ort-cpu")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma list (default 1,8,32)")
-    p.add_argument("--rounds", type=int, default=10, help="timed rounds, every model in each (default 10)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="timed rounds; each runs every model on every batch of the image pool (default 10)")
     p.add_argument("--flavor", default=None,
                    help="how the gated models are exported: packed (default on ort-cpu: packed rows, native "
                         "selection), packed-plugin, native, capped, plugin; torch: padded (default) or packed")
     p.add_argument("--images", type=int, default=None,
-                   help="images to calibrate on and time (default: bench.num_images of a config, 256 for a run)")
+                   help="images to calibrate on and time, all of them in every round (default: bench.num_images of a "
+                        "config, 256 for a run)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per model and batch size")
-    p.add_argument("--min-round", type=float, default=0.3,
-                   help="seconds the dense model runs per round and batch size (sets the batches per round)")
     p.add_argument("--top1-limit", type=int, default=0, help="top-1 on a stratified subset of N images (0 = all)")
     p.add_argument("--cache", default=None, help="folder for the exported models (default RUN/bench_cache, or "
                                                   "runs/bench_cache/NAME for a config)")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             from None
     opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavor=args.flavor,
                         cache=Path(args.cache) if args.cache else None, threads=args.threads, warmup_s=args.warmup,
-                        min_round_s=args.min_round, images=args.images, top1_limit=args.top1_limit,
+                        images=args.images, top1_limit=args.top1_limit,
                         show=not args.quiet)
     reports = [run_bench(target, opts) for target in args.targets]
     json_path = Path(args.json_path)

@@ -22,7 +22,7 @@ def bench_run(tmp_path_factory, fmnist_root):
 
 
 def _bench(run, out, *extra):
-    code = main(["bench", str(run), "--batch-sizes", "1,3", "--rounds", "1", "--warmup", "0", "--min-round", "0",
+    code = main(["bench", str(run), "--batch-sizes", "1,3", "--rounds", "2", "--warmup", "0",
                  "--images", "12", "--json", str(out), "--quiet", *extra])
     assert code == 0
     return json.loads(out.read_text())
@@ -44,8 +44,8 @@ def check_arithmetic(report: dict) -> None:
     for (model, batch), row in rows.items():
         dense = rows[("dense", batch)]
         key = f"{model}@{batch}"
-        assert row["throughput_img_s"] == pytest.approx(batch * 1000 / row["latency_ms_p50"], rel=REL)
-        speedup = dense["latency_ms_p50"] / row["latency_ms_p50"]
+        assert row["throughput_img_s"] == pytest.approx(batch * 1000 / row["latency_ms_mean"], rel=REL)
+        speedup = dense["latency_ms_mean"] / row["latency_ms_mean"]
         assert report["speedup_vs_dense"][key] == pytest.approx(speedup, rel=REL)
         flops_ratio = dense["gflops_per_image"] / row["gflops_per_image"]
         assert report["speedup_efficiency"][key] == pytest.approx(speedup / flops_ratio, rel=REL)
@@ -58,6 +58,11 @@ def test_bench_torch_smoke(bench_run, tmp_path):
     check_arithmetic(report)
     gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
     assert gflops["tokens"] < gflops["dense"] and gflops["combined"] < gflops["dense"]  # the stages drop tokens
+    assert report["batches_per_round"] == {"1": 12, "3": 4}  # every round times the whole pool of 12 images
+    by_batch = {(r["model"], r["batch"]): r["gflops_per_image"] for r in report["rows"]}
+    assert by_batch[("combined", 1)] == pytest.approx(by_batch[("combined", 3)], rel=REL)  # the same images
+    for low, mid, high in report["speedup_rounds"].values():
+        assert low <= mid <= high
     assert all(r["top1"] is not None for r in report["rows"])  # a run has validation data
     models = report["models"]
     assert models["tokens"]["keep_ratios"] == pytest.approx(models["combined"]["keep_ratios"], abs=1 / 12 + 1e-9)

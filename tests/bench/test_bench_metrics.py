@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.bench.metrics import batch_padding_waste, padding_waste, percentile, share, speedups
+from pipeline.bench.metrics import batch_padding_waste, mean_latency, padding_waste, percentile, share, speedups
 
 
 def test_padding_waste_is_max_minus_mean_over_max():
@@ -34,3 +34,12 @@ def test_percentile_and_share():
     assert percentile([0.0, 10.0], 90) == pytest.approx(9.0, abs=1e-12)
     assert np.isnan(percentile([], 50))
     assert share(3.0, 12.0) == 0.25 and share(1.0, 0.0) == 0.0
+
+
+def test_mean_latency_is_the_mean_over_batches_of_the_median_over_rounds():
+    seconds = np.array([[1.0, 4.0, 2.0],
+                        [1.2, 4.4, 9.0],  # a stall in round 1, batch 2: outvoted by the other two rounds
+                        [0.8, 4.2, 2.2]])
+    # medians per batch: 1.0, 4.2, 2.2 -> mean 2.4667; the median batch (2.2) would understate a model whose
+    # cost depends on the images
+    assert mean_latency(seconds) == pytest.approx((1.0 + 4.2 + 2.2) / 3, abs=1e-12)
