@@ -2,7 +2,8 @@
 
 Flavors: the exporter's own (`dense` for the models without token stages; `native`, `capped`, `plugin` for the
 gated ones) plus the packed layout of `packed.py` with standard-op selection (`packed`) or the fused TokenSelect
-node (`packed-plugin`).
+node (`packed-plugin`). Every export goes through `bias_gemm.fuse_bias_into_gemm`, so that the dense baseline's
+linear layers fuse their bias as the packed rows' do.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pipeline.artifacts import atomic_path
 from pipeline.config import Config
 from pipeline.errors import fail
 from pipeline.export import schema
+from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from pipeline.models import GatedViT
@@ -36,7 +38,7 @@ def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[
     meta = {"flavor": flavor, "opset": opset, "caps": list(caps) if caps else None, "stages": list(model.stages),
             "per_sample": per_sample, "dropped_tokens": model.dropped_tokens,
             "min_keep": model.min_keep, "thresholds": [float(t) for t in model.thresholds.detach()],
-            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 14}
+            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 15}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for name, tensor in sorted(model.vit.state_dict().items()):
         digest.update(name.encode())
@@ -63,7 +65,7 @@ def cached_export(model: GatedViT, label: str, flavor: str, cache: Path, cfg: Co
     if flavor in PACKED_SELECT:
         export_packed(model, path, info, opset, PACKED_SELECT[flavor], per_sample)
     else:
-        export_onnx(model, flavor, path, info, opset, caps)
+        export_onnx(model, flavor, path, info, opset, caps, passes=(fuse_bias_into_gemm,))
     return path, False
 
 
@@ -98,6 +100,7 @@ def export_packed(model: GatedViT, path: Path, info: ExportInfo, opset: int, sel
     if varlen.placeholders_left(proto):
         raise fail("the packed export kept a per-sample attention placeholder that expand_varlen_attention did not "
                    "reach (inside a function or subgraph)", "report it with the model; --flavor native exports it")
+    fuse_bias_into_gemm(proto)
     attach(proto, info)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))

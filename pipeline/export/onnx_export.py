@@ -12,7 +12,7 @@ import copy
 import io
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import onnx
 import torch
@@ -52,8 +52,10 @@ def check_opset(opset: int) -> None:
 
 
 def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo, opset: int = 20,
-                caps: Optional[Sequence[int]] = None) -> Path:
-    """Write one flavor to `path` atomically; returns the path."""
+                caps: Optional[Sequence[int]] = None,
+                passes: Sequence[Callable[[onnx.ModelProto], object]] = ()) -> Path:
+    """Write one flavor to `path` atomically; returns the path. `passes` rewrite the graph in place before it is
+    saved (the bench's `bias_gemm`)."""
     if flavor not in FLAVORS:
         raise fail(f"unknown flavor {flavor!r}", f"use one of {', '.join(FLAVORS)}")
     check_opset(opset)
@@ -76,6 +78,8 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
         )
     proto = program.model_proto
     fold_weight_views(proto)
+    for rewrite in passes:
+        rewrite(proto)
     attach(proto, info)
     path = Path(path)
     with atomic_path(path) as tmp:
