@@ -38,7 +38,7 @@ def model_key(model: GatedViT, flavor: str, opset: int, caps: Optional[Sequence[
     meta = {"flavor": flavor, "opset": opset, "caps": list(caps) if caps else None, "stages": list(model.stages),
             "per_sample": per_sample, "dropped_tokens": model.dropped_tokens,
             "min_keep": model.min_keep, "thresholds": [float(t) for t in model.thresholds.detach()],
-            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 15}
+            "structure": model.structure().to_dict(), "torch": torch.__version__, "format": 16}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for name, tensor in sorted(model.vit.state_dict().items()):
         digest.update(name.encode())

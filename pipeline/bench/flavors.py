@@ -81,10 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"load average before/after: {result['load'][0][0]:.2f} / {result['load'][1][0]:.2f}")
-    print(f"{'model:flavor@batch':32s} {'p50 ms':>10s} {'speedup':>8s} {'select':>8s} {'scores':>8s}")
+    print(f"{'model:flavor@batch':32s} {'mean ms':>10s} {'speedup':>8s} {'select':>8s} {'scores':>8s}")
     for key, row in result["table"].items():
         share = lambda k: f"{100 * row[k]:.2f}%" if k in row else "-"  # noqa: E731
-        print(f"{key:32s} {row['latency_ms_p50']:10.2f} {row['speedup_vs_dense']:7.2f}x {share('select_share'):>8s} "
+        print(f"{key:32s} {row['latency_ms_mean']:10.2f} {row['speedup_vs_dense']:7.2f}x {share('select_share'):>8s} "
               f"{share('scores_share'):>8s}")
     if args.json:
         write_json(args.json, result)

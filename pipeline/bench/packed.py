@@ -3,7 +3,8 @@
 After the first token stage the residual stream is kept as packed rows [sum_b L_b, C]: the kept tokens of every
 sample, one after the other, with no padding. Everything that acts per token (LayerNorms, qkv, proj, the MLP: about
 85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Attention runs sample
-by sample on the sample's own rows (`varlen`: an ONNX Loop over the batch once exported), except in the layers that
+by sample on the sample's own rows (`varlen`: a Loop over the batch once exported, or batched when all samples keep
+as many tokens, as at batch 1), except in the layers that
 score a stage: their class-attention row feeds the next stage's [B, K] scores, so they gather the per-sample view
 [B, K, C] (K = the batch's largest kept count), one gather before attention and one after.
 
@@ -150,7 +151,7 @@ def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_pref
 class PackedForward(nn.Module):
     """`forward_dropped` with the packed layout from the first token stage on (inference, no gates).
 
-    `varlen`: attention of the layers that do not score runs sample by sample (an ONNX Loop once exported), not on
+    `varlen`: attention of the layers that do not score runs sample by sample (`varlen`'s If once exported), not on
     the padded per-sample view. The export turns it on; PyTorch runs leave it off, where a Python loop over the
     samples (and its host syncs) would cost more than the padding. Layers with a q/k norm keep the padded view."""
 

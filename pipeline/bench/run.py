@@ -18,7 +18,7 @@ from pipeline.bench.prepare import log, prepare_models
 from pipeline.bench.report import round_speedups, rows_and_speedups
 from pipeline.bench.sessions import OrtCall, TensorRTCall, TorchCall, torch_device_name
 from pipeline.bench.target import Target, load_target
-from pipeline.bench.timing import run_rounds, timed_images
+from pipeline.bench.timing import mean_over_timed, run_rounds
 from pipeline.errors import fail
 from pipeline.export.onnx_export import capped_limits
 from pipeline.flops import gmacs
@@ -64,8 +64,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     flavor = context_flavor(models, runtime, flavor, explicit=opts.flavor is not None, show=show)
     kept = {name: keep.kept_tokens(m, images.inputs) for name, m in models.items()}
     macs = {name: m.macs(kept[name].double()).numpy() for name, m in models.items()}  # per image
-    gflops = {(name, b): gmacs(float(macs[name][timed_images(len(macs[name]), b)].mean()))
-              for name in models for b in opts.batch_sizes}
+    gflops = {(name, b): gmacs(mean_over_timed(macs[name], b)) for name in models for b in opts.batch_sizes}
     for name in models:
         about[name]["kept_tokens_mean"] = [float(v) for v in kept[name].double().mean(0)]
     calls, device, paths = open_calls(target, models, kept, runtime, flavor, opts)

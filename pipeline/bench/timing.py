@@ -39,6 +39,12 @@ def timed_images(pool_size: int, batch: int) -> np.ndarray:
     return np.arange(count) % pool_size
 
 
+def mean_over_timed(per_image: np.ndarray, batch: int) -> float:
+    """The mean of a per-image value (MACs) over the images a round times at `batch`."""
+    per_image = np.asarray(per_image, dtype=np.float64)
+    return float(per_image[timed_images(len(per_image), batch)].mean())
+
+
 def batch_at(pool: np.ndarray, batch: int, index: int) -> np.ndarray:
     """The index-th batch of `batch` consecutive pool images, wrapping around the pool."""
     start = (index * batch) % len(pool)

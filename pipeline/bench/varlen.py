@@ -206,7 +206,7 @@ def placeholders_left(model: onnx.ModelProto) -> int:
 
 
 def expand_varlen_attention(model: onnx.ModelProto) -> int:
-    """Replace every placeholder node in `model` by its Loop (in place); returns how many were replaced."""
+    """Replace every placeholder node in `model` by its If (batched or Loop, in place); returns how many."""
     graph = model.graph
     out_nodes, count = [], 0
     for node in graph.node:

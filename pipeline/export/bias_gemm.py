@@ -15,6 +15,8 @@ from onnx import helper, numpy_helper
 
 from pipeline.export.graph import node_reads
 
+GEMM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
 
 def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
     """Rewrite every MatMul(x, W) + Add(b) of the main graph (W a 2-D initializer, b a 1-D initializer of W's
@@ -26,8 +28,9 @@ def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
         for name in node_reads(node):
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
+    taken = set(weights) | {t for n in graph.node for t in n.output} | {i.name for i in graph.input}
     constants: dict[str, onnx.TensorProto] = {}
-    rewritten, dropped, nodes = 0, set(), []
+    rewritten, dropped, gone, nodes = 0, set(), set(), []
     for node in graph.node:
         if id(node) in dropped:
             continue
@@ -37,21 +40,26 @@ def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
             continue
         add, bias = bias_add
         depth, width = weights[node.input[1]].dims
-        rows = _constant(constants, f"bias_gemm/rows_{depth}", [-1, depth])
-        tail = _constant(constants, f"bias_gemm/width_{width}", [width])
+        rows = _constant(constants, taken, f"bias_gemm/rows_{depth}", [-1, depth])
+        tail = _constant(constants, taken, f"bias_gemm/width_{width}", [width])
         x, p = node.input[0], f"{node.name or node.output[0]}/bias_gemm/"
         nodes += [
-            helper.make_node("Reshape", [x, rows], [p + "rows"], name=p + "rows"),
+            helper.make_node("Reshape", [x, rows], [p + "rows"], name=p + "rows", allowzero=1),
             helper.make_node("Gemm", [p + "rows", node.input[1], bias], [p + "out"], name=p + "gemm"),
             helper.make_node("Shape", [x], [p + "lead"], name=p + "lead", end=-1),
             helper.make_node("Concat", [p + "lead", tail], [p + "shape"], name=p + "shape", axis=0),
-            helper.make_node("Reshape", [p + "out", p + "shape"], [add.output[0]], name=p + "unflatten"),
+            helper.make_node("Reshape", [p + "out", p + "shape"], [add.output[0]], name=p + "unflatten",
+                             allowzero=1),  # a leading dimension of 0 stays 0
         ]
+        gone.add(node.output[0])
         dropped.add(id(add))
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(constants.values())
+    stale = [v for v in graph.value_info if v.name in gone]  # the MatMuls' outputs no longer exist
+    for info in stale:
+        graph.value_info.remove(info)
     return rewritten
 
 
@@ -68,11 +76,17 @@ def _bias_add(node: onnx.NodeProto, weights: dict, readers: dict,
     width = weights[node.input[1]].dims[1]
     if len(others) != 1 or others[0] not in weights or list(weights[others[0]].dims) != [width]:
         return None
-    if weights[others[0]].data_type != weights[node.input[1]].data_type:
+    if weights[others[0]].data_type != weights[node.input[1]].data_type or \
+            weights[node.input[1]].data_type not in GEMM_TYPES:
         return None
     return add, others[0]
 
 
-def _constant(constants: dict, name: str, value: list[int]) -> str:
-    constants.setdefault(name, numpy_helper.from_array(np.array(value, np.int64), name))
+def _constant(constants: dict, taken: set[str], name: str, value: list[int]) -> str:
+    """An int64 initializer shared by the rewrites that need the same value, under a name the graph does not use."""
+    if name not in constants:
+        while name in taken:
+            name += "_"
+        constants[name] = numpy_helper.from_array(np.array(value, np.int64), name)
+        taken.add(name)
     return name

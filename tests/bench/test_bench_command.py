@@ -23,7 +23,7 @@ def bench_run(tmp_path_factory, fmnist_root):
 
 def _bench(run, out, *extra):
     code = main(["bench", str(run), "--batch-sizes", "1,3", "--rounds", "2", "--warmup", "0",
-                 "--images", "12", "--json", str(out), "--quiet", *extra])
+                 "--images", "13", "--json", str(out), "--quiet", *extra])
     assert code == 0
     return json.loads(out.read_text())
 
@@ -58,9 +58,9 @@ def test_bench_torch_smoke(bench_run, tmp_path):
     check_arithmetic(report)
     gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
     assert gflops["tokens"] < gflops["dense"] and gflops["combined"] < gflops["dense"]  # the stages drop tokens
-    assert report["batches_per_round"] == {"1": 12, "3": 4}  # every round times the whole pool of 12 images
+    assert report["batches_per_round"] == {"1": 13, "3": 4}  # the pool of 13 images; at 3, the 13th is not timed
     by_batch = {(r["model"], r["batch"]): r["gflops_per_image"] for r in report["rows"]}
-    assert by_batch[("combined", 1)] == pytest.approx(by_batch[("combined", 3)], rel=REL)  # the same images
+    assert by_batch[("dense", 1)] == pytest.approx(by_batch[("dense", 3)], rel=REL)  # every image costs the same
     for low, mid, high in report["speedup_rounds"].values():
         assert low <= mid <= high
     assert all(r["top1"] is not None for r in report["rows"])  # a run has validation data
@@ -108,3 +108,22 @@ def test_context_runs_bench_padded_and_refuse_the_packed_layout(tmp_path, fmnist
     assert gflops["tokens"] < gflops["dense"]
     assert main(["bench", str(run), "--runtime", "torch", "--flavor", "packed", "--json", str(tmp_path / "b.json")]) == 2
     assert "keeps them as context" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_flavor_comparison_runs_end_to_end(bench_run, tmp_path, capsys):
+    """`python -m pipeline.bench.flavors`: every flavor asked for, timed against dense on the same batches."""
+    from pipeline.bench.flavors import main as flavors_main
+
+    out = tmp_path / "flavors.json"
+    assert flavors_main([str(bench_run), "--flavors", "packed,native", "--batch-sizes", "1,3", "--rounds", "1",
+                         "--images", "6", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["table"]
+    models = ["dense"] + [f"{m}:{f}" for m in ("tokens", "combined") for f in ("packed", "native")]
+    assert set(table) == {f"{m}@{b}" for m in models for b in (1, 3)}
+    for key, row in table.items():
+        assert row["latency_ms_mean"] > 0
+        assert row["speedup_vs_dense"] == pytest.approx(table[f"dense@{key.split('@')[1]}"]["latency_ms_mean"]
+                                                        / row["latency_ms_mean"], rel=REL)
+        assert ("select_share" in row) == (not key.startswith("dense"))
+    assert "mean ms" in capsys.readouterr().out

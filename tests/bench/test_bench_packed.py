@@ -106,6 +106,7 @@ def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_
     ort_logits, ort_kept = call(images.numpy())
     singles = np.concatenate([call(images[i:i + 1].numpy())[0] for i in range(9)])
     assert np.array_equal(ort_kept, kept.numpy())
+    assert (ort_kept.min(0) != ort_kept.max(0)).all()  # counts differ at both stages: batch 9 takes the loop
     assert np.abs(ort_logits - logits.numpy()).max() <= TOL
     assert np.abs(singles - ort_logits).max() <= TOL  # batch invariance
 

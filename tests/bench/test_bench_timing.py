@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.bench.report import round_speedups, rows_and_speedups
-from pipeline.bench.timing import Timings, batches_per_round, run_rounds, timed_images
+from pipeline.bench.timing import Timings, batch_at, batches_per_round, mean_over_timed, run_rounds, timed_images
 
 
 class Recorder:
@@ -48,6 +48,20 @@ def test_every_round_times_the_same_batches_for_every_model():
 def test_timed_images_cover_the_pool_in_batch_order():
     assert batches_per_round(10, 4) == 2 and list(timed_images(10, 4)) == list(range(8))
     assert batches_per_round(3, 8) == 1 and list(timed_images(3, 8)) == [0, 1, 2, 0, 1, 2, 0, 1]  # wraps
+    pool = np.arange(3, dtype=np.float32)[:, None, None, None]
+    assert list(batch_at(pool, 8, 0)[:, 0, 0, 0]) == [0, 1, 2, 0, 1, 2, 0, 1]  # what batch_at runs, image by image
+    macs = np.arange(1.0, 14.0)  # 13 images costing 1..13
+    assert mean_over_timed(macs, 1) == pytest.approx(7.0, abs=1e-12)
+    assert mean_over_timed(macs, 3) == pytest.approx(6.5, abs=1e-12)  # images 1..12: the 13th is not timed at 3
+    assert mean_over_timed(macs[:3], 8) == pytest.approx((3 * 1 + 3 * 2 + 2 * 3) / 8, abs=1e-12)
+
+
+def test_a_pool_smaller_than_the_batch_is_timed_wrapping():
+    pool = np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 1, 2, 2), np.float32)
+    log: list = []
+    timings = run_rounds({"dense": Recorder("dense", log)}, pool, [4], rounds=2, warmup_s=0.0, show=False)
+    assert timings.batches == {4: 1} and timings.seconds[("dense", 4)].shape == (2, 1)
+    assert log[2:] == [("dense", (0, 1, 2, 0))] * 2  # after 2 warm-up calls, one wrapped batch per round
 
 
 def test_rows_follow_the_mean_batch_and_rounds_compare_whole_rounds():

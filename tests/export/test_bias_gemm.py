@@ -34,7 +34,8 @@ def _graph() -> onnx.ModelProto:
          helper.make_tensor_value_info("act", TensorProto.FLOAT, ["B", N, 3])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", "T", width])
          for name, width in (("y", N), ("shared_b", N), ("shared_relu", N), ("z", 3), ("wide_b", N))],
-        [init("w", K, N), init("b", N), init("c", 3), init("b2", 1, N)])
+        [init("w", K, N), init("b", N), init("c", 3), init("b2", 1, N),
+         init(f"bias_gemm/rows_{K}", 2)])  # an initializer under the name the pass would give its reshape target
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -53,6 +54,8 @@ def test_only_a_weight_matmul_read_by_its_bias_add_alone_is_rewritten():
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Gemm") == 1 and ops.count("MatMul") == 3 and ops.count("Add") == 3
     assert "bias" not in {n.name for n in model.graph.node}  # the linear layer's Add is gone
+    names = [t.name for t in model.graph.initializer]
+    assert len(names) == len(set(names))  # its constants took names of their own
     onnx.checker.check_model(model)
     after = _run(model, feed)
     for a, b in zip(before, after):
