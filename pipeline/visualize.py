@@ -2,7 +2,8 @@
 
 The kept set per stage is recomputed with the model's own pieces in `forward_dropped`'s order, carrying each
 surviving token's original patch index through the same compaction (`token_ops.compact_kept`; the stage itself is the
-model's `select_stage`, context tokens included), so the picture shows exactly what the deployed model keeps; `kept_patches` checks its counts against `forward_dropped`'s.
+model's `select_stage`, context tokens included), so the picture shows exactly what the deployed model keeps;
+`kept_patches` checks its counts against `forward_dropped`'s.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch
 
 from pipeline.artifacts import save_png
 from pipeline.models import GatedViT, token_ops
-from pipeline.models.select_op import kept_mask
 
 CELL_INCHES = 1.6
 DPI = 100
@@ -33,11 +33,11 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
     for i, block in enumerate(model.vit.blocks):
         if i in model.stages:
             s = model.stages.index(i)
-            cap = None if model.caps is None else model.caps[s]
-            keep = kept_mask(scores, model.thresholds[s], model.min_keep, model.select_impl, cap)
+            keep = model.stage_keep_mask(s, scores, model.thresholds[s])
             x, lengths, context = model.select_stage(s, x, valid, scores, context, model.thresholds[s])
             padded_origin = torch.cat([origin.new_zeros(batch, prefix, 1), origin], dim=1)
-            origin = token_ops.compact_kept(padded_origin, keep, keep.sum(dim=1), prefix, x.shape[1] - prefix)[0][:, prefix:]
+            width = x.shape[1] - prefix
+            origin = token_ops.compact_kept(padded_origin, keep, keep.sum(dim=1), prefix, width)[0][:, prefix:]
             valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
             mask = torch.zeros(batch, patches, dtype=torch.bool)
             present = valid[:, prefix:]

@@ -91,6 +91,26 @@ def _const(name: str, value, dtype=np.int64) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(value, dtype), name)
 
 
+def _attention(n, p: str, grid: str, out: str, rank: int) -> list[onnx.NodeProto]:
+    """Attention over `grid` [3, H, *rows, d] (q, k, v stacked; `rank` = 5 with a batch axis, 4 without) to `out`
+    [prod(rows), H * d], rows in their order. Reads the branch's constants {p}ones [1, 1, 1], {p}zero [0] and
+    {p}scale."""
+    last = rank - 2  # the last axis of q, k and v, once the stacking axis is gone
+    return [
+        n("Split", [grid, f"{p}ones"], [f"{p}q_", f"{p}k_", f"{p}v_"], axis=0),
+        n("Squeeze", [f"{p}q_", f"{p}zero"], [f"{p}q"]),
+        n("Squeeze", [f"{p}k_", f"{p}zero"], [f"{p}k"]),
+        n("Squeeze", [f"{p}v_", f"{p}zero"], [f"{p}v"]),
+        n("Mul", [f"{p}q", f"{p}scale"], [f"{p}qs"]),
+        n("Transpose", [f"{p}k"], [f"{p}kt"], perm=[*range(last - 1), last, last - 1]),
+        n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"]),
+        n("Softmax", [f"{p}logits"], [f"{p}probs"], axis=-1),
+        n("MatMul", [f"{p}probs", f"{p}v"], [f"{p}heads"]),  # [H, *rows, d]
+        n("Transpose", [f"{p}heads"], [f"{p}by_row"], perm=[*range(1, last), 0, last]),  # [*rows, H, d]
+        n("Flatten", [f"{p}by_row"], [out], axis=last - 1),  # [prod(rows), H * d]
+    ]
+
+
 def _body(prefix: str, scale: float, qkv: str, starts: str, lengths: str, width: str) -> onnx.GraphProto:
     """One sample: rows [start, start + length) of qkv -> attention -> [length, H * d] padded to [K, H * d]."""
     n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)  # noqa: E731
@@ -102,17 +122,7 @@ def _body(prefix: str, scale: float, qkv: str, starts: str, lengths: str, width:
         n("Unsqueeze", [f"{p}start", f"{p}zero"], [f"{p}start1"]),
         n("Unsqueeze", [f"{p}end", f"{p}zero"], [f"{p}end1"]),
         n("Slice", [qkv, f"{p}start1", f"{p}end1", f"{p}two"], [f"{p}rows"]),
-        n("Split", [f"{p}rows", f"{p}ones"], [f"{p}q3", f"{p}k3", f"{p}v3"], axis=0),
-        n("Squeeze", [f"{p}q3", f"{p}zero"], [f"{p}q"]),
-        n("Squeeze", [f"{p}k3", f"{p}zero"], [f"{p}k"]),
-        n("Squeeze", [f"{p}v3", f"{p}zero"], [f"{p}v"]),
-        n("Mul", [f"{p}q", f"{p}scale"], [f"{p}qs"]),
-        n("Transpose", [f"{p}k"], [f"{p}kt"], perm=[0, 2, 1]),
-        n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"]),
-        n("Softmax", [f"{p}logits"], [f"{p}probs"], axis=-1),
-        n("MatMul", [f"{p}probs", f"{p}v"], [f"{p}heads"]),  # [H, L, d]
-        n("Transpose", [f"{p}heads"], [f"{p}by_row"], perm=[1, 0, 2]),  # [L, H, d]
-        n("Flatten", [f"{p}by_row"], [f"{p}rows_out"], axis=1),  # [L, H * d]
+        *_attention(n, p, f"{p}rows", f"{p}rows_out", rank=4),  # [3, H, L, d] -> [L, H * d]
         n("Sub", [width, f"{p}length"], [f"{p}pad"]),
         n("Unsqueeze", [f"{p}pad", f"{p}zero"], [f"{p}pad1"]),
         n("Concat", [f"{p}zeros2", f"{p}pad1", f"{p}zero"], [f"{p}pads"], axis=0),  # [0, 0, K - L, 0]
@@ -140,17 +150,7 @@ def _uniform_branch(prefix: str, scale: float, qkv: str, lengths: str) -> onnx.G
         n("Shape", [lengths], [f"{p}batch"]),  # [B]
         n("Concat", [f"{p}three_heads", f"{p}batch", f"{p}minus_one", f"{p}dim"], [f"{p}shape"], axis=0),
         n("Reshape", [qkv, f"{p}shape"], [f"{p}grid"]),  # [3, H, B, L, d]: sample b owns rows b * L .. b * L + L
-        n("Split", [f"{p}grid", f"{p}ones"], [f"{p}q5", f"{p}k5", f"{p}v5"], axis=0),
-        n("Squeeze", [f"{p}q5", f"{p}zero"], [f"{p}q"]),
-        n("Squeeze", [f"{p}k5", f"{p}zero"], [f"{p}k"]),
-        n("Squeeze", [f"{p}v5", f"{p}zero"], [f"{p}v"]),
-        n("Mul", [f"{p}q", f"{p}scale"], [f"{p}qs"]),
-        n("Transpose", [f"{p}k"], [f"{p}kt"], perm=[0, 1, 3, 2]),
-        n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"]),
-        n("Softmax", [f"{p}logits"], [f"{p}probs"], axis=-1),
-        n("MatMul", [f"{p}probs", f"{p}v"], [f"{p}heads"]),  # [H, B, L, d]
-        n("Transpose", [f"{p}heads"], [f"{p}by_row"], perm=[1, 2, 0, 3]),  # [B, L, H, d]
-        n("Flatten", [f"{p}by_row"], [f"{p}rows"], axis=2),  # [B * L, H * d]: the packed rows, in order
+        *_attention(n, p, f"{p}grid", f"{p}rows", rank=5),  # [B * L, H * d]: the packed rows, in order
     ]
     return helper.make_graph(
         nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],

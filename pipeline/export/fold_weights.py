@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pipeline.export.graph import node_reads
+
 FOLDABLE = ("Transpose", "Slice")
 
 
@@ -30,7 +32,7 @@ def fold_weight_views(model: onnx.ModelProto) -> int:
         graph.node.remove(node)
         graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
         folded += 1
-    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    read = {name for n in graph.node for name in node_reads(n)} | {o.name for o in graph.output}
     unused = [t for t in graph.initializer if t.name not in read]
     for tensor in unused:
         graph.initializer.remove(tensor)
@@ -38,7 +40,8 @@ def fold_weight_views(model: onnx.ModelProto) -> int:
 
 
 def _foldable(node: onnx.NodeProto, weights: dict) -> bool:
-    return node.domain in ("", "ai.onnx") and bool(node.input) and all(name in weights for name in node.input if name) and len(node.output) == 1
+    return node.domain in ("", "ai.onnx") and bool(node.input) and len(node.output) == 1 and \
+        all(name in weights for name in node.input if name)
 
 
 def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> np.ndarray:

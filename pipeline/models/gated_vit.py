@@ -247,14 +247,15 @@ class GatedViT(nn.Module):
         return self.head(x), lengths
 
     def select_stage(self, stage: int, x: torch.Tensor, valid: Optional[torch.Tensor], scores: torch.Tensor,
-                     context: Optional[Context], threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[Context]]:
+                     context: Optional[Context],
+                     threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[Context]]:
         """One pruning stage of `forward_dropped`: the kept tokens [B, K, C], their lengths [B] (prefix included) and,
         with `dropped_tokens == "context"`, the context grown by the valid tokens this stage dropped."""
-        cap = None if self.caps is None else self.caps[stage]
-        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.select_impl, cap)
+        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.select_impl,
+                                      self._stage_cap(stage))
         if self.dropped_tokens != "context":
             return kept, lengths, None
-        dropped = kept_mask(scores, threshold, self.min_keep, self.select_impl, cap).logical_not()
+        dropped = self.stage_keep_mask(stage, scores, threshold).logical_not()
         if valid is not None:
             dropped = dropped & valid[:, self.num_prefix:]
         caps = None if self.caps is None else self.caps[:stage + 1]
@@ -263,6 +264,13 @@ class GatedViT(nn.Module):
             None if context is None else context.tokens, None if context is None else context.valid,
             x[:, self.num_prefix:], dropped, size)
         return kept, lengths, Context(tokens, context_valid)
+
+    def stage_keep_mask(self, stage: int, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        """[B, K] bool: the patch tokens `select_stage` keeps at `stage` (the selection's own rule and cap)."""
+        return kept_mask(scores, threshold, self.min_keep, self.select_impl, self._stage_cap(stage))
+
+    def _stage_cap(self, stage: int) -> Optional[int]:
+        return None if self.caps is None else self.caps[stage]
 
     # ---- cost ----------------------------------------------------------------------------------------------
     def macs(self, tokens: torch.Tensor, gates: Optional[Sequence[BlockGates]] = None) -> torch.Tensor:
