@@ -13,8 +13,8 @@ def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
     dense = summary["teacher"]["top1"]
     rows = cal["sweep"] or [cal]
     table = Table(title=f"calibrated thresholds vs fixed-rate top-k (validation split; calibration set "
-                        f"{cal['calib_set']['id']}, {cal['calib_set']['images']} images; dense top-1 {dense:.2f}%; dropped "
-                        f"tokens: {cal.get('dropped_tokens', 'discard')})")
+                        f"{cal['calib_set']['id']}, {cal['calib_set']['images']} images; dense top-1 {dense:.2f}%; "
+                        f"dropped tokens: {cal.get('dropped_tokens', 'discard')})")
     for column in ("budget", "GFLOPs ratio", "top-1 calibrated", "top-1 fixed (min-KL split)", "fixed counts",
                    "top-1 fixed (uniform)", "KL cal / fixed", "thresholds"):
         table.add_column(column, justify="right")

@@ -162,7 +162,8 @@ class PackedForward(nn.Module):
         if not model.stages:
             raise ValueError("the packed layout needs at least one token stage")
         if model.dropped_tokens != "discard":
-            raise ValueError("the packed layout discards dropped tokens; a model that keeps them as context runs padded")
+            raise ValueError("the packed layout discards dropped tokens; a model that keeps them as context runs "
+                             "padded")
         if select not in SELECTS:
             raise ValueError(f"select must be one of {SELECTS}")
         self.model, self.select, self.varlen = model, select, varlen

@@ -4,8 +4,9 @@ Tolerances (the trained tiny run, 200 synthetic validation images): top-1 within
 prediction for 94% of images, batch invariance exact to 1e-5 (DESIGN.md §3). Kept tokens: 75% of (image, stage)
 pairs keep the same count and the same set. The tiny run is trained on the machine that runs the tests, and its
 weights follow that CPU's float paths: the same code passed bounds of 97% and 85% on earlier VMs (91% of kept sets
-when those bounds were set) and measured 96% and 79% on an AMD EPYC VM. Its top-1 is ~51%, so many logits are near ties, and calibrated thresholds
-sit where scores are dense, where every int8 layer upstream of a stage nudges them across. These bounds catch an
+when those bounds were set) and measured 96% and 79% on an AMD EPYC VM. Its top-1 is ~51%, so many logits are near
+ties, and calibrated thresholds sit where scores are dense, where every int8 layer upstream of a stage nudges them
+across. These bounds catch an
 int8 model that has come apart, not the last point; the default dataset's figures are in the README (99.83% of
 per-token keep decisions, top-1 within 0.04).
 """

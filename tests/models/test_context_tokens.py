@@ -39,7 +39,8 @@ def _frozen_token_reference(model, images: torch.Tensor, counts=None, caps=None)
             if counts is None:
                 keep = token_ops.keep_mask(scores, model.thresholds[s], model.min_keep)
                 if caps is not None:
-                    best = token_ops.top_rank_mask(torch.where(keep, scores, torch.full_like(scores, -torch.inf)), caps[s])
+                    kept_scores = torch.where(keep, scores, torch.full_like(scores, -torch.inf))
+                    best = token_ops.top_rank_mask(kept_scores, caps[s])
                     keep = keep & best
             else:
                 keep = token_ops.top_rank_mask(scores, counts[s])
