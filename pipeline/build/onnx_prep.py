@@ -3,6 +3,8 @@
 - plugin flavor: each `tokengate::TokenSelect` node gets the plugin's third output (`<y>__k`, the int32 size tensor
   K) and `plugin_namespace`/`plugin_version` attributes. TensorRT's parser (10.6+) wants as many node outputs as
   plugin outputs and finds creators by those attributes, not by the node's domain (plugins/tokenSelect/README.md).
+  It also gets `max_tokens`, the model's token count: from the second stage on, x's N is the previous stage's
+  data-dependent K, and TensorRT needs K's tuning value and upper bound as constants, not derived from it.
 - fp16: TensorRT 11 and TensorRT-RTX build strongly typed networks only (no fp16 builder flag), so the engine takes
   the ONNX's own types: floats become fp16 inside, while `images` and `logits` stay fp32 at the edges and TopK
   ranks in fp32 (ONNX Runtime's converter keeps it out of fp16 by default).
@@ -30,6 +32,7 @@ DOMAIN = "tokengate"
 OP_TYPE = "TokenSelect"
 PLUGIN_VERSION = "1"
 K_SUFFIX = "__k"
+MAX_TOKENS = "max_tokens"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 TWO_GB = 2 * 1024**3
 
@@ -50,23 +53,46 @@ def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
         yield from function.node
 
 
-def add_plugin_outputs(model: onnx.ModelProto) -> int:
-    """Give every TokenSelect node its size-tensor output and plugin attributes, in place; returns how many."""
-    count = 0
-    for node in _nodes(model):
-        if node.op_type != OP_TYPE or node.domain != DOMAIN:
-            continue
+def token_count(model: onnx.ModelProto) -> int:
+    """The model's token count N (prefix included): the largest static N among TokenSelect inputs [B, N, C].
+
+    The first stage's N is static (patches + prefix tokens); later stages only drop tokens, so none exceeds it.
+    """
+    xs = {node.input[0] for node in _nodes(model) if node.op_type == OP_TYPE and node.domain == DOMAIN}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # onnx raises ValueError for protos over 2 GB, InferenceError and others
+        raise fail(f"cannot infer the shapes of the plugin ONNX to find its token count ({type(exc).__name__}: "
+                   f"{exc})", "pass the token count yourself (prepare_onnx.py --max-tokens N)") from None
+    graph = inferred.graph
+    counts = [dims[1].dim_value for v in (*graph.input, *graph.value_info) if v.name in xs
+              for dims in [v.type.tensor_type.shape.dim] if len(dims) == 3 and dims[1].HasField("dim_value")]
+    if not counts:
+        raise fail(f"no {OP_TYPE} input has a static token count, so K's bound for TensorRT is unknown",
+                   "pass the model's token count yourself (prepare_onnx.py --max-tokens N)")
+    return max(counts)
+
+
+def add_plugin_outputs(model: onnx.ModelProto, max_tokens: int | None = None) -> int:
+    """Give every TokenSelect node its size-tensor output and plugin attributes, in place; returns how many.
+
+    `max_tokens` (default: `token_count(model)`) becomes each node's `max_tokens` attribute unless it has one.
+    """
+    nodes = [node for node in _nodes(model) if node.op_type == OP_TYPE and node.domain == DOMAIN]
+    for node in nodes:
         if len(node.output) not in (2, 3):
             raise fail(f"{OP_TYPE} node {node.name!r} has {len(node.output)} outputs, not (y, lengths)",
                        "re-export the plugin flavor with `tokengate export RUN --flavor plugin`")
+    if max_tokens is None and any(MAX_TOKENS not in {a.name for a in node.attribute} for node in nodes):
+        max_tokens = token_count(model)
+    for node in nodes:
         if len(node.output) == 2:
             node.output.append(node.output[0] + K_SUFFIX)
         present = {a.name for a in node.attribute}
-        for name, value in (("plugin_namespace", DOMAIN), ("plugin_version", PLUGIN_VERSION)):
+        for name, value in (("plugin_namespace", DOMAIN), ("plugin_version", PLUGIN_VERSION), (MAX_TOKENS, max_tokens)):
             if name not in present:
                 node.attribute.append(helper.make_attribute(name, value))
-        count += 1
-    return count
+    return len(nodes)
 
 
 def bound_topk(model: onnx.ModelProto) -> int:

@@ -90,6 +90,11 @@ nvinfer1::PluginField const* PluginFieldParser::find(char const* name) const
     return nullptr;
 }
 
+int64_t PluginFieldParser::getInt(char const* name, int64_t fallback) const
+{
+    return find(name) != nullptr ? getInt(name) : fallback;
+}
+
 int64_t PluginFieldParser::getInt(char const* name) const
 {
     using nvinfer1::PluginFieldType;

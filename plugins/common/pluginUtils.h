@@ -94,6 +94,9 @@ public:
     //! The scalar integer field `name`; throws a PluginError naming the field when it is missing or malformed.
     int64_t getInt(char const* name) const;
 
+    //! The optional scalar integer field `name`, or `fallback` when it is absent; malformed still throws.
+    int64_t getInt(char const* name, int64_t fallback) const;
+
 private:
     nvinfer1::PluginField const* find(char const* name) const;
 

@@ -13,6 +13,7 @@ namespace
 {
 constexpr char const* kNUM_PREFIX = "num_prefix";
 constexpr char const* kMIN_KEEP = "min_keep";
+constexpr char const* kMAX_TOKENS = "max_tokens"; // TensorRT-side only: the prepared ONNX adds it (README.md)
 
 bool isConstant(IDimensionExpr const* e, int64_t value)
 {
@@ -20,12 +21,15 @@ bool isConstant(IDimensionExpr const* e, int64_t value)
 }
 } // namespace
 
-TokenSelectPlugin::TokenSelectPlugin(int32_t numPrefix, int32_t minKeep)
+TokenSelectPlugin::TokenSelectPlugin(int32_t numPrefix, int32_t minKeep, int32_t maxTokens)
     : mNumPrefix(numPrefix)
     , mMinKeep(minKeep)
+    , mMaxTokens(maxTokens)
 {
     TOKENGATE_CHECK_ARG(numPrefix >= 1, "num_prefix must be >= 1 (the class token), got " << numPrefix);
     TOKENGATE_CHECK_ARG(minKeep >= 1, "min_keep must be >= 1, got " << minKeep);
+    TOKENGATE_CHECK_ARG(maxTokens == 0 || maxTokens >= numPrefix,
+        "max_tokens must be 0 (unset) or >= num_prefix=" << numPrefix << ", got " << maxTokens);
     initFields();
 }
 
@@ -36,6 +40,7 @@ TokenSelectPlugin::TokenSelectPlugin(TokenSelectPlugin const& other)
     , IPluginV3OneRuntime(other)
     , mNumPrefix(other.mNumPrefix)
     , mMinKeep(other.mMinKeep)
+    , mMaxTokens(other.mMaxTokens)
     , mErrorRecorder(other.mErrorRecorder)
 {
     initFields();
@@ -44,11 +49,12 @@ TokenSelectPlugin::TokenSelectPlugin(TokenSelectPlugin const& other)
 void TokenSelectPlugin::initFields()
 {
     mFields = {PluginField(kNUM_PREFIX, &mNumPrefix, PluginFieldType::kINT32, 1),
-        PluginField(kMIN_KEEP, &mMinKeep, PluginFieldType::kINT32, 1)};
+        PluginField(kMIN_KEEP, &mMinKeep, PluginFieldType::kINT32, 1),
+        PluginField(kMAX_TOKENS, &mMaxTokens, PluginFieldType::kINT32, 1)};
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
     mMetadata = std::string(kNUM_PREFIX) + "=" + std::to_string(mNumPrefix) + " " + kMIN_KEEP + "="
-        + std::to_string(mMinKeep);
+        + std::to_string(mMinKeep) + " " + kMAX_TOKENS + "=" + std::to_string(mMaxTokens);
 }
 
 IPluginCapability* TokenSelectPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -135,6 +141,10 @@ int32_t TokenSelectPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
         TOKENGATE_CHECK_ARG(scores.nbDims == 2, "scores must be [B, N - num_prefix], got rank " << scores.nbDims);
         TOKENGATE_CHECK_ARG(threshold.nbDims == 0 || (threshold.nbDims == 1 && isConstant(threshold.d[0], 1)),
             "threshold must be a scalar");
+        // K's tuning value and upper bound must not depend on a size tensor (declareSizeTensor's contract), and from
+        // the second TokenSelect on x's N *is* the previous stage's K. So both are constants: N itself when it is
+        // known at build time (the first stage), else max_tokens (the model's token count, which no stage exceeds).
+        int64_t upper = mMaxTokens;
         if (x.d[1]->isConstant())
         {
             int64_t const n = x.d[1]->getConstantValue();
@@ -142,14 +152,19 @@ int32_t TokenSelectPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
             TOKENGATE_CHECK_ARG(!scores.d[1]->isConstant() || scores.d[1]->getConstantValue() == n - mNumPrefix,
                 "scores must have N - num_prefix = " << n - mNumPrefix << " columns, got "
                                                      << scores.d[1]->getConstantValue());
+            TOKENGATE_CHECK_ARG(mMaxTokens == 0 || n <= mMaxTokens,
+                "x has " << n << " tokens, more than max_tokens=" << mMaxTokens);
+            upper = n;
         }
-        // K lies in [P + min(min_keep, N - P), N]: TensorRT allocates y for N and tunes for half the patches kept.
-        IDimensionExpr const* prefix = exprBuilder.constant(mNumPrefix);
-        IDimensionExpr const* patches = exprBuilder.operation(DimensionOperation::kSUB, *x.d[1], *prefix);
-        IDimensionExpr const* half
-            = exprBuilder.operation(DimensionOperation::kCEIL_DIV, *patches, *exprBuilder.constant(2));
-        IDimensionExpr const* opt = exprBuilder.operation(DimensionOperation::kSUM, *prefix, *half);
-        IDimensionExpr const* k = exprBuilder.declareSizeTensor(kOUT_K, *opt, *x.d[1]);
+        TOKENGATE_CHECK_ARG(upper > 0,
+            "x's token count is not a build-time constant (at a second or later stage it is the previous stage's "
+            "data-dependent K), so K's bound must come from the max_tokens attribute, which is missing: parse the "
+            "ONNX that plugins/prepare_onnx.py (or tokengate build) writes, which sets it");
+        // K lies in [P + min(min_keep, N - P), upper]: TensorRT allocates y for the upper bound and tunes for half the
+        // patches kept.
+        int64_t const opt = mNumPrefix + (upper - mNumPrefix + 1) / 2;
+        IDimensionExpr const* k
+            = exprBuilder.declareSizeTensor(kOUT_K, *exprBuilder.constant(opt), *exprBuilder.constant(upper));
         TOKENGATE_CHECK(k != nullptr, ErrorCode::kINTERNAL_ERROR, "declareSizeTensor failed");
 
         outputs[kOUT_Y].nbDims = 3;
@@ -194,7 +209,9 @@ size_t TokenSelectPlugin::getWorkspaceSize(
     return guarded(mErrorRecorder, "TokenSelect::getWorkspaceSize", size_t{0}, [&]() {
         TOKENGATE_CHECK_ARG(nbInputs == kNB_INPUTS, "expected 3 inputs, got " << nbInputs);
         Dims const& maxX = inputs[kIN_X].max; // the profile's largest B and N bound every call
-        return tokengate_token_select_workspace_size(maxX.d[0], maxX.d[1], mNumPrefix);
+        // enqueue refuses N > max_tokens, so max_tokens bounds a data-dependent N whatever its max reads.
+        int64_t const n = mMaxTokens > 0 && (maxX.d[1] < 0 || maxX.d[1] > mMaxTokens) ? mMaxTokens : maxX.d[1];
+        return tokengate_token_select_workspace_size(maxX.d[0], n, mNumPrefix);
     });
 }
 
@@ -224,6 +241,9 @@ int32_t TokenSelectPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
         TOKENGATE_CHECK_ARG(scores.d[0] == x.d[0] && scores.d[1] == x.d[1] - mNumPrefix,
             "scores is [" << scores.d[0] << ", " << scores.d[1] << "], expected [" << x.d[0] << ", "
                           << x.d[1] - mNumPrefix << "]");
+        // y was allocated for K <= max_tokens: more tokens than that could overrun it.
+        TOKENGATE_CHECK_ARG(mMaxTokens == 0 || x.d[1] <= mMaxTokens,
+            "x has " << x.d[1] << " tokens, more than max_tokens=" << mMaxTokens << " that y was sized for");
         int32_t const dtype
             = inputDesc[kIN_X].type == DataType::kHALF ? TOKENGATE_DTYPE_FLOAT16 : TOKENGATE_DTYPE_FLOAT32;
         int32_t const status = tokengate_token_select(dtype, inputs[kIN_X], inputs[kIN_SCORES], inputs[kIN_THRESHOLD],
@@ -253,7 +273,8 @@ PluginFieldCollection const* TokenSelectPlugin::getFieldsToSerialize() noexcept
 TokenSelectPluginCreator::TokenSelectPluginCreator()
 {
     mFieldNames = {PluginField(kNUM_PREFIX, nullptr, PluginFieldType::kINT32, 1),
-        PluginField(kMIN_KEEP, nullptr, PluginFieldType::kINT32, 1)};
+        PluginField(kMIN_KEEP, nullptr, PluginFieldType::kINT32, 1),
+        PluginField(kMAX_TOKENS, nullptr, PluginFieldType::kINT32, 1)};
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
 }
@@ -282,15 +303,17 @@ IPluginV3* TokenSelectPluginCreator::createPlugin(
     char const* name, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept
 {
     (void) name;
-    (void) phase; // the build and runtime phases read the same two fields
+    (void) phase; // the build and runtime phases read the same fields
     return guarded(nullptr, "TokenSelectCreator::createPlugin", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
-        PluginFieldParser const fields(fc, "tokengate::TokenSelect", {kNUM_PREFIX, kMIN_KEEP});
+        PluginFieldParser const fields(fc, "tokengate::TokenSelect", {kNUM_PREFIX, kMIN_KEEP, kMAX_TOKENS});
         int64_t const numPrefix = fields.getInt(kNUM_PREFIX);
         int64_t const minKeep = fields.getInt(kMIN_KEEP);
+        int64_t const maxTokens = fields.getInt(kMAX_TOKENS, 0); // optional: a first stage has a constant N
         TOKENGATE_CHECK_ARG(numPrefix >= 1 && numPrefix <= INT32_MAX, "num_prefix must be >= 1, got " << numPrefix);
         TOKENGATE_CHECK_ARG(minKeep >= 1 && minKeep <= INT32_MAX, "min_keep must be >= 1, got " << minKeep);
+        TOKENGATE_CHECK_ARG(maxTokens >= 0 && maxTokens <= INT32_MAX, "max_tokens must be >= 0, got " << maxTokens);
         return std::make_unique<TokenSelectPlugin>(
-                   static_cast<int32_t>(numPrefix), static_cast<int32_t>(minKeep))
+                   static_cast<int32_t>(numPrefix), static_cast<int32_t>(minKeep), static_cast<int32_t>(maxTokens))
             .release();
     });
 }

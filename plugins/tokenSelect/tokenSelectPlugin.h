@@ -36,7 +36,10 @@ public:
     static constexpr int32_t kOUT_K = 2; //!< the size tensor
     static constexpr int32_t kNB_OUTPUTS = 3;
 
-    TokenSelectPlugin(int32_t numPrefix, int32_t minKeep);
+    //! maxTokens: the largest token count (prefix included) x can have at this stage, 0 if x's N is a build-time
+    //! constant. From the second TokenSelect on, N is the previous stage's data-dependent K, and K's tuning value and
+    //! upper bound must not depend on a size tensor, so they come from this constant instead.
+    TokenSelectPlugin(int32_t numPrefix, int32_t minKeep, int32_t maxTokens = 0);
     TokenSelectPlugin(TokenSelectPlugin const& other);
     TokenSelectPlugin& operator=(TokenSelectPlugin const&) = delete;
     ~TokenSelectPlugin() override = default;
@@ -78,8 +81,9 @@ private:
 
     int32_t mNumPrefix;
     int32_t mMinKeep;
+    int32_t mMaxTokens; //!< 0: unset
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; //!< the execution context's, once attached
-    std::vector<nvinfer1::PluginField> mFields;         //!< point at mNumPrefix/mMinKeep: rebuilt on copy
+    std::vector<nvinfer1::PluginField> mFields;         //!< point at the members above: rebuilt on copy
     nvinfer1::PluginFieldCollection mFieldCollection{};
     std::string mMetadata;
 };

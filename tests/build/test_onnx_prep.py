@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from pipeline.build.onnx_prep import add_plugin_outputs, bound_topk, check_precision, prepared_onnx
 from pipeline.errors import TokenGateError
-from tests.build.helpers import quantize, tiny_model, topk_model, write_export
+from tests.build.helpers import SIZE, quantize, tiny_model, topk_model, write_export
 
 FP16_TOL = 2e-3  # |logit| of the tiny model is ~0.3; fp16 keeps ~3 significant digits
 
@@ -29,7 +29,8 @@ def test_plugin_nodes_get_the_size_tensor_output_and_plugin_attributes():
     assert add_plugin_outputs(model) == 1
     (node,) = _token_selects(model)
     assert list(node.output) == ["kept", "lengths", "kept__k"]
-    assert _attrs(node) == {"num_prefix": 1, "min_keep": 1, "plugin_namespace": b"tokengate", "plugin_version": b"1"}
+    assert _attrs(node) == {"num_prefix": 1, "min_keep": 1, "plugin_namespace": b"tokengate", "plugin_version": b"1",
+                            "max_tokens": SIZE}  # the model's token count: its 28 rows
     assert add_plugin_outputs(model) == 1 and len(node.output) == 3  # idempotent
 
 
@@ -42,6 +43,7 @@ def test_plugin_nodes_in_local_functions_and_an_explicit_namespace():
     assert add_plugin_outputs(model) == 2
     assert _attrs(_token_selects(model)[0])["plugin_namespace"] == b"custom"
     assert list(model.functions[0].node[0].output) == ["y", "n", "y__k"]
+    assert _attrs(model.functions[0].node[0])["max_tokens"] == SIZE  # no stage exceeds the model's token count
 
 
 def test_a_token_select_with_extra_outputs_is_refused():
