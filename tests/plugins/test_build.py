@@ -1,5 +1,6 @@
 """plugins/CMakeLists.txt with nvcc on the CPU: the kernel library for every default GPU arch, the plugin skipped
-without TensorRT, and (given TENSORRT_INCLUDE_DIR) the plugin compiled against the headers and self-tested."""
+without TensorRT, the CUDA runtime choice, and (given TENSORRT_INCLUDE_DIR) the plugin compiled against the headers,
+exporting its two entry points alone, and self-tested."""
 from __future__ import annotations
 
 import ctypes
@@ -36,6 +37,17 @@ def _exported(library: Path) -> set[str]:
     return {line.split()[-1] for line in out.stdout.splitlines() if line.split()[1:2] == ["T"]}
 
 
+def _defined_dynamic_symbols(library: Path) -> set[str]:
+    """Every symbol `nm -D --defined-only` lists, of any type (functions, data, weak), without version suffixes."""
+    out = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    return {line.split()[-1].split("@")[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def _needed(library: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True)
+    return [line.split("[")[1].rstrip("]") for line in out.stdout.splitlines() if "(NEEDED)" in line]
+
+
 def test_kernel_library_has_cubins_for_every_default_arch(kernel_build):
     build_dir, _ = kernel_build
     library = build_dir / "libtokengate_kernels.so"
@@ -55,6 +67,25 @@ def test_plugin_is_skipped_without_tensorrt_and_says_why(kernel_build):
 def test_kernel_library_exports_only_the_c_abi(kernel_build):
     build_dir, _ = kernel_build
     assert _exported(build_dir / "libtokengate_kernels.so") == KERNEL_ABI
+
+
+def test_static_cuda_runtime_by_default_and_the_driver_it_needs(kernel_build):
+    build_dir, output = kernel_build
+    assert not any(lib.startswith("libcudart") for lib in _needed(build_dir / "libtokengate_kernels.so"))
+    assert "TokenGate CUDA runtime: Static cudart" in output and "NVIDIA driver R" in output
+
+
+def test_shared_cuda_runtime_on_request(tmp_path: Path, build_plugins):
+    output = build_plugins(tmp_path, "-DTOKENGATE_CUDA_RUNTIME=Shared", "-DCMAKE_CUDA_ARCHITECTURES=80")
+    assert "TokenGate CUDA runtime: Shared cudart" in output
+    assert any(lib.startswith("libcudart.so.") for lib in _needed(tmp_path / "libtokengate_kernels.so"))
+
+
+def test_an_unknown_cuda_runtime_is_refused(tmp_path: Path):
+    plugins_dir = Path(__file__).resolve().parents[2] / "plugins"
+    result = subprocess.run(["cmake", "-S", str(plugins_dir), "-B", str(tmp_path), "-DTOKENGATE_CUDA_RUNTIME=None"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "TOKENGATE_CUDA_RUNTIME must be Static or Shared" in result.stderr
 
 
 def test_c_abi_validates_arguments_without_a_gpu(kernel_build):
@@ -86,17 +117,34 @@ def _tensorrt_include_dir() -> str | None:
     return os.environ.get("TENSORRT_INCLUDE_DIR") or os.environ.get("TensorRT_INCLUDE_DIR")
 
 
-@pytest.mark.tensorrt
-@pytest.mark.skipif(_tensorrt_include_dir() is None,
-                    reason="set TENSORRT_INCLUDE_DIR to TensorRT's include/ to compile-check the plugin")
-def test_plugin_compiles_against_tensorrt_headers_and_passes_its_selftest(tmp_path: Path, build_plugins):
-    include_dir = _tensorrt_include_dir()
-    # One arch keeps it quick: arch coverage is checked above; this is about the plugin sources and entry points.
-    output = build_plugins(tmp_path, f"-DTensorRT_INCLUDE_DIR={include_dir}", "-DCMAKE_CUDA_ARCHITECTURES=80")
+needs_tensorrt_headers = pytest.mark.skipif(
+    _tensorrt_include_dir() is None,
+    reason="libtokengate_plugins.so cannot be built here: no TensorRT headers (set TENSORRT_INCLUDE_DIR to "
+           "TensorRT's include/)")
+
+
+@pytest.fixture(scope="module")
+def plugin_build(tmp_path_factory, build_plugins) -> Path:
+    """plugins/ built against the TensorRT headers; one arch keeps it quick (arch coverage is checked above)."""
+    build_dir = tmp_path_factory.mktemp("plugin-build")
+    output = build_plugins(build_dir, f"-DTensorRT_INCLUDE_DIR={_tensorrt_include_dir()}",
+                           "-DCMAKE_CUDA_ARCHITECTURES=80")
     assert "TokenSelect TensorRT plugin: TensorRT" in output
-    plugin = tmp_path / "libtokengate_plugins.so"
-    assert {"getCreators", "setLoggerFinder"} <= _exported(plugin)
-    selftest = subprocess.run([str(tmp_path / "tokengate_plugin_selftest"), str(plugin)], capture_output=True,
-                              text=True, timeout=120)
+    return build_dir
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt_headers
+def test_plugin_library_exports_only_its_two_entry_points(plugin_build: Path):
+    """TensorRT looks up getCreators and setLoggerFinder; the kernel C ABI linked in must not leak out."""
+    assert _defined_dynamic_symbols(plugin_build / "libtokengate_plugins.so") == {"getCreators", "setLoggerFinder"}
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt_headers
+def test_plugin_compiles_against_tensorrt_headers_and_passes_its_selftest(plugin_build: Path):
+    plugin = plugin_build / "libtokengate_plugins.so"
+    selftest = subprocess.run([str(plugin_build / "tokengate_plugin_selftest"), str(plugin)], capture_output=True,
+                              text=True, timeout=300)
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
     assert " 0 failed" in selftest.stdout
