@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <stdexcept>
@@ -91,24 +92,39 @@ bool hasUnknownDim(nvinfer1::Dims const& dims)
     return dims.nbDims < 0 || std::any_of(dims.d, dims.d + dims.nbDims, [](int64_t d) { return d < 0; });
 }
 
-//! Memory for an output whose shape is only known while the engine runs (a data-dependent shape).
+//! Memory for an output whose shape is only known while the engine runs (a data-dependent shape). The context keeps
+//! a pointer to it from setOutputAllocator on, so it must live as long as the context runs; it grows, never shrinks,
+//! and returns memory aligned as TensorRT asks.
 class GrowingOutputAllocator : public nvinfer1::IOutputAllocator
 {
 public:
-    void* reallocateOutputAsync(char const* /*name*/, void* /*current*/, uint64_t size, uint64_t /*alignment*/,
+    void* reallocateOutputAsync(char const* /*name*/, void* /*current*/, uint64_t size, uint64_t alignment,
         cudaStream_t /*stream*/) noexcept override
     {
-        if (size > mBytes) // cudaMalloc's 256-byte alignment covers what TensorRT asks for
+        uint64_t const align = std::max<uint64_t>(alignment, 1);
+        if ((align & (align - 1)) != 0)
         {
-            void* p = nullptr;
-            if (cudaMalloc(&p, size) != cudaSuccess)
-            {
-                return nullptr;
-            }
-            mBuffer.reset(p);
-            mBytes = size;
+            return nullptr; // TensorRT asks for powers of two; anything else cannot be honoured
         }
-        return mBuffer.get();
+        if (mData != nullptr && size <= mUsable && reinterpret_cast<uintptr_t>(mData) % align == 0)
+        {
+            return mData;
+        }
+        // cudaMalloc aligns to 256 bytes at least; a larger alignment needs room to move the start up.
+        uint64_t const slack = align > 256 ? align - 1 : 0;
+        mBuffer.reset(); // nothing reads it: run() synchronizes after every chunk
+        mData = nullptr;
+        mUsable = 0;
+        void* p = nullptr;
+        if (cudaMalloc(&p, std::max<uint64_t>(size + slack, 1)) != cudaSuccess)
+        {
+            return nullptr;
+        }
+        mBuffer.reset(p);
+        uintptr_t const start = (reinterpret_cast<uintptr_t>(p) + align - 1) / align * align;
+        mData = reinterpret_cast<void*>(start);
+        mUsable = size + slack - (start - reinterpret_cast<uintptr_t>(p));
+        return mData;
     }
 
     void notifyShape(char const* /*name*/, nvinfer1::Dims const& dims) noexcept override
@@ -118,7 +134,7 @@ public:
 
     void* data() const
     {
-        return mBuffer.get();
+        return mData;
     }
 
     nvinfer1::Dims const& dims() const
@@ -128,7 +144,8 @@ public:
 
 private:
     DeviceBuffer mBuffer;
-    uint64_t mBytes{0};
+    void* mData{nullptr};  //!< mBuffer's start, moved up to the requested alignment
+    uint64_t mUsable{0};   //!< bytes from mData to the end of mBuffer
     nvinfer1::Dims mDims{};
 };
 
@@ -295,6 +312,8 @@ int run(Options const& options)
         throw std::runtime_error("cannot deserialize " + options.engine
             + ": built by another TensorRT version or for another GPU, corrupt, or its plugin library is missing");
     }
+    // Declared before the context, so destroyed after it: the context points at them from setOutputAllocator on.
+    std::map<std::string, std::unique_ptr<GrowingOutputAllocator>> allocators;
     std::unique_ptr<nvinfer1::IExecutionContext> context(engine->createExecutionContext());
     if (!context)
     {
@@ -361,7 +380,6 @@ int run(Options const& options)
         }
         // Static-shape outputs get a buffer now; data-dependent ones are allocated by TensorRT through the allocator.
         std::vector<DeviceBuffer> fixedBuffers;
-        std::vector<std::unique_ptr<GrowingOutputAllocator>> allocators;
         void* logits = nullptr;
         nvinfer1::Dims logitsDims{};
         GrowingOutputAllocator* logitsAllocator = nullptr;
@@ -370,13 +388,23 @@ int run(Options const& options)
             nvinfer1::Dims const dims = context->getTensorShape(name.c_str());
             if (hasUnknownDim(dims))
             {
-                allocators.push_back(std::make_unique<GrowingOutputAllocator>());
-                context->setOutputAllocator(name.c_str(), allocators.back().get());
-                logitsAllocator = name == logitsName ? allocators.back().get() : logitsAllocator;
+                std::unique_ptr<GrowingOutputAllocator>& allocator = allocators[name]; // one per output, kept
+                if (!allocator)
+                {
+                    allocator = std::make_unique<GrowingOutputAllocator>();
+                }
+                if (!context->setOutputAllocator(name.c_str(), allocator.get()))
+                {
+                    throw std::runtime_error("setOutputAllocator failed for output " + name);
+                }
+                logitsAllocator = name == logitsName ? allocator.get() : logitsAllocator;
                 continue;
             }
             fixedBuffers.push_back(deviceAlloc(volume(dims) * elementSize(engine->getTensorDataType(name.c_str()))));
-            context->setTensorAddress(name.c_str(), fixedBuffers.back().get());
+            if (!context->setTensorAddress(name.c_str(), fixedBuffers.back().get()))
+            {
+                throw std::runtime_error("setTensorAddress failed for output " + name);
+            }
             if (name == logitsName)
             {
                 logits = fixedBuffers.back().get();
