@@ -6,7 +6,12 @@
 #
 # Environment: PYTHON (python with onnx, default python3), BATCHES (default "1 32 128": min, opt and max of the
 # profile are their smallest, middle and largest), PLUGIN_LIB (default plugins/build/libtokengate_plugins.so),
-# TRTEXEC (default trtexec), DURATION (seconds per benchmark, default 5).
+# TRTEXEC (default trtexec), DURATION (seconds per benchmark, default 5), PRECISION (fp16 or fp32, default fp16).
+#
+# Every row of the table says its precision and whether it ran as a CUDA graph. Engines with data-dependent shapes
+# (plugin, native) cannot be captured, so every flavour is timed without graphs, and the static ones (dense,
+# capped) also with graphs; "vs dense" divides by the dense row of the same batch, precision and graph mode.
+# Exits non-zero when a step fails or a log lacks trtexec's summary lines, naming the log.
 set -euo pipefail
 
 RUN=${1:-runs/fmnist-tiny}
@@ -16,7 +21,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PLUGIN_LIB=${PLUGIN_LIB:-$HERE/build/libtokengate_plugins.so}
 read -r -a BATCH_LIST <<<"${BATCHES:-1 32 128}"
 DURATION=${DURATION:-5}
+PRECISION=${PRECISION:-fp16}
 OUT="$RUN/trtexec"
+if [[ $PRECISION != fp16 && $PRECISION != fp32 ]]; then
+    echo "PRECISION must be fp16 or fp32, got '$PRECISION'" >&2
+    exit 2
+fi
 
 flavours=()
 for flavour in dense plugin capped native; do
@@ -47,38 +57,59 @@ opt_b=$(sed -n "$(( ($(wc -l <<<"$sorted_batches") + 1) / 2 ))p" <<<"$sorted_bat
 
 # TensorRT 10 builds fp32 unless told --fp16, and times without CUDA graphs, with host copies and without spin
 # wait unless told otherwise. TensorRT 11 networks are strongly typed (no --fp16: the engine takes the ONNX's own
-# precision, so convert the ONNX for fp16) and those three timing flags became the defaults.
-precision_flags=(--fp16)
-precision=fp16
-timing_flags=(--useCudaGraph --noDataTransfers --useSpinWait)
+# precision, so for fp16 the ONNX is converted first, fp32 at its edges) and those three timing flags became the
+# defaults (--noCudaGraph turns graphs off). Without trtexec the TensorRT 10 commands are printed.
+trt11=false
 have_trtexec=false
 if command -v "$TRTEXEC" >/dev/null 2>&1; then
     have_trtexec=true
     help=$("$TRTEXEC" --help 2>&1 || true)
     if ! grep -q -- '--fp16' <<<"$help"; then
-        precision_flags=()
-        precision=typed  # whatever the ONNX holds
-    fi
-    if grep -q -- '--noCudaGraph' <<<"$help"; then
-        timing_flags=()
+        trt11=true
     fi
 fi
+precision_flags=()
+if [[ $PRECISION == fp16 ]] && ! $trt11; then
+    precision_flags=(--fp16)
+fi
+if $trt11; then
+    graph_flags=""
+    nograph_flags="--noCudaGraph"
+else
+    graph_flags="--useCudaGraph --noDataTransfers --useSpinWait"
+    nograph_flags="--noDataTransfers --useSpinWait"
+fi
 
-# Each step: its flavour, the batch it benchmarks ("-" for preparing/building), and the command line.
+# Each step: its flavour, the batch it benchmarks ("-" for preparing/building), what it does (prepare, build, or the
+# CUDA-graph mode of a benchmark: on/off), and the command line.
 steps=()
 add_flavour() {
-    local flavour=$1 onnx="$RUN/model.$1.onnx" plugin_flags=""
+    local flavour=$1 onnx="$RUN/model.$1.onnx" plugin_flags="" prepare_flags=""
+    if $trt11 && [[ $PRECISION == fp16 ]]; then
+        prepare_flags="--fp16 "
+    fi
+    if [[ $flavour == plugin || -n $prepare_flags ]]; then
+        local prepared="$RUN/model.$flavour.trt.$PRECISION.onnx"
+        steps+=("$flavour - prepare $PY $HERE/prepare_onnx.py $prepare_flags$onnx $prepared")
+        onnx=$prepared
+    fi
     if [[ $flavour == plugin ]]; then
-        steps+=("plugin - $PY $HERE/prepare_onnx.py $onnx $RUN/model.plugin.trt.onnx")
-        onnx="$RUN/model.plugin.trt.onnx"
         plugin_flags=" --dynamicPlugins=$PLUGIN_LIB"
     fi
-    local engine="$OUT/model.$flavour.$precision.engine"
-    steps+=("$flavour - $TRTEXEC --onnx=$onnx --saveEngine=$engine$plugin_flags ${precision_flags[*]:-}\
+    local engine="$OUT/model.$flavour.$PRECISION.engine"
+    steps+=("$flavour - build $TRTEXEC --onnx=$onnx --saveEngine=$engine$plugin_flags ${precision_flags[*]:-}\
  --minShapes=images:${min_b}x$chw --optShapes=images:${opt_b}x$chw --maxShapes=images:${max_b}x$chw --skipInference")
+    local modes=(off)
+    if [[ $flavour == dense || $flavour == capped ]]; then
+        modes=(off on)  # static shapes: also timed as CUDA graphs
+    fi
     for b in "${BATCH_LIST[@]}"; do
-        steps+=("$flavour $b $TRTEXEC --loadEngine=$engine$plugin_flags --shapes=images:${b}x$chw\
- ${timing_flags[*]:-} --warmUp=500 --duration=$DURATION")
+        for mode in "${modes[@]}"; do
+            local flags=$nograph_flags
+            [[ $mode == on ]] && flags=$graph_flags
+            steps+=("$flavour $b $mode $TRTEXEC --loadEngine=$engine$plugin_flags --shapes=images:${b}x$chw\
+ $flags --warmUp=500 --duration=$DURATION")
+        done
     done
 }
 for flavour in "${flavours[@]}"; do
@@ -88,7 +119,7 @@ done
 if ! $have_trtexec; then
     echo "# trtexec commands for $RUN (input images: Bx$chw, profile $min_b/$opt_b/$max_b):"
     for step in "${steps[@]}"; do
-        read -r _ _ command <<<"$step"
+        read -r _ _ _ command <<<"$step"
         echo "$command" | tr -s ' '
     done
     echo "trtexec is not installed: it ships with NVIDIA TensorRT (developer.nvidia.com/tensorrt: the tar or deb" \
@@ -105,33 +136,69 @@ fi
 
 mkdir -p "$OUT"
 results=()
+problems=()
+failed_flavours=" "
 for step in "${steps[@]}"; do
-    read -r flavour b command <<<"$step"
+    read -r flavour b mode command <<<"$step"
     if [[ $flavour == plugin ]] && $skip_plugin; then
         continue
     fi
+    if [[ $failed_flavours == *" $flavour "* ]]; then
+        continue  # its preparation or build failed: nothing to run
+    fi
     echo "+ $command" | tr -s ' '
-    log="$OUT/$flavour.${b/-/build}.log"
+    log="$OUT/$flavour.$mode.log"
+    [[ $b != - ]] && log="$OUT/$flavour.b$b.graphs-$mode.log"
     # shellcheck disable=SC2086  # the command line is split into words on purpose
     if ! $command >"$log" 2>&1; then
         echo "  failed, see $log; its last lines:" >&2
         tail -n 5 "$log" >&2
+        problems+=("$log: the command failed")
+        [[ $b == - ]] && failed_flavours+="$flavour "
         continue
     fi
     if [[ $b != - ]]; then
-        qps=$(grep -m1 -oE 'Throughput: [0-9.]+' "$log" | awk '{print $2}')
-        gpu_ms=$(grep -m1 'GPU Compute Time:' "$log" | grep -oE 'mean = [0-9.]+' | awk '{print $3}')
-        results+=("$flavour $b ${qps:-0} ${gpu_ms:-nan}")
+        qps=$( (grep -m1 -oE 'Throughput: [0-9.]+' "$log" || true) | awk '{print $2}')
+        gpu_ms=$( (grep -m1 'GPU Compute Time:' "$log" || true) | (grep -oE 'mean = [0-9.]+' || true) |
+            awk '{print $3}')
+        if [[ -z $qps || -z $gpu_ms ]]; then
+            missing=$([[ -z $qps ]] && echo '"Throughput:"')
+            missing+=$([[ -z $qps && -z $gpu_ms ]] && echo ' and ')
+            missing+=$([[ -z $gpu_ms ]] && echo '"GPU Compute Time: ... mean ="')
+            echo "  cannot read $log: it has no $missing line (did trtexec stop early, or change its summary?)" >&2
+            problems+=("$log: no $missing line")
+            continue
+        fi
+        graphs=$mode
+        if [[ $mode == on ]] && grep -q 'CUDA graph capture failed' "$log"; then
+            graphs=failed  # trtexec fell back to plain launches: it ran without a graph
+        fi
+        results+=("$flavour $b $PRECISION $graphs $qps $gpu_ms")
     fi
 done
 
-# images/s = trtexec's queries/s x batch; the speedup is against the dense engine at the same batch.
+# images/s = trtexec's queries/s x batch; the speedup is against the dense engine at the same batch, precision and
+# CUDA-graph mode, so no row is compared with a run that had graphs when it had none.
 echo
-printf '%-8s %6s %14s %12s %9s\n' flavour batch images/s "GPU ms" "vs dense"
+printf '%-8s %6s %9s %6s %14s %10s %9s\n' flavour batch precision graphs images/s "GPU ms" "vs dense"
 for row in "${results[@]}"; do
-    read -r flavour b qps gpu_ms <<<"$row"
+    read -r flavour b precision graphs qps gpu_ms <<<"$row"
     ips=$(awk -v q="$qps" -v b="$b" 'BEGIN {printf "%.1f", q * b}')
-    dense=$(printf '%s\n' "${results[@]}" | awk -v b="$b" '$1 == "dense" && $2 == b {print $3 * b}')
+    ran=${graphs/failed/off}
+    dense=$(printf '%s\n' "${results[@]}" | awk -v b="$b" -v p="$precision" -v g="$ran" \
+        '$1 == "dense" && $2 == b && $3 == p && ($4 == g || ($4 == "failed" && g == "off")) {print $5 * b; exit}')
     speedup=$(awk -v i="$ips" -v d="${dense:-0}" 'BEGIN {if (d > 0) printf "%.2fx", i / d; else print "-"}')
-    printf '%-8s %6s %14s %12s %9s\n' "$flavour" "$b" "$ips" "$gpu_ms" "$speedup"
+    printf '%-8s %6s %9s %6s %14s %10s %9s\n' "$flavour" "$b" "$precision" "$graphs" "$ips" "$gpu_ms" "$speedup"
 done
+if $trt11 && [[ $PRECISION == fp16 ]]; then
+    echo "precision fp16: TensorRT 11 builds the ONNX's own types, so each ONNX was converted to fp16" \
+        "(fp32 at its edges)"
+fi
+echo "graphs: whether the timed run was a CUDA graph (failed: capture failed, so it ran without one and is compared" \
+    "with dense without one); plugin and native have data-dependent shapes and cannot be one"
+if [[ ${#problems[@]} -gt 0 ]]; then
+    echo >&2
+    echo "trtexec.sh: ${#problems[@]} step(s) gave no result:" >&2
+    printf '  %s\n' "${problems[@]}" >&2
+    exit 1
+fi
