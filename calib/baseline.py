@@ -27,7 +27,7 @@ from pipeline.models import GatedViT
 
 from calib.cost import cost_ratios
 from calib.search import BISECTION_STEPS, kl_to_dense
-from calib.staged import StagedForward
+from pipeline.models.staged import StagedForward
 
 MATCH_TOLERANCE = 0.005  # a fixed setting counts as "the same GFLOPs" within this fraction of dense
 LEVEL_LIMIT = 20_000  # most combinations of the earlier stages' counts enumerated (every count for small models)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pipeline.models import GatedViT
 
 from calib.cost import check_budget, check_reachable, cost_ratio, floor_ratio
-from calib.staged import StagedForward, StagedOutput
+from pipeline.models.staged import StagedForward, StagedOutput, quantile_threshold
 
 BISECTION_STEPS = 18
 COST_TOLERANCE = 0.002  # stop bisecting once the cost is this close (as a fraction of dense) under the budget
@@ -62,19 +62,6 @@ def kl_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
     """KL(p_dense || p_model) per image, in nats."""
     return float(F.kl_div(F.log_softmax(logits.double(), -1), F.log_softmax(dense_logits.double(), -1),
                           log_target=True, reduction="batchmean"))
-
-
-def quantile_threshold(pooled: torch.Tensor, keep: float) -> float:
-    """The threshold that keeps the `keep` share of the pooled scores: midway between the last kept and the first
-    dropped. keep >= 1 gives 0.0 (relative scores are positive, so every token passes)."""
-    n = pooled.numel()
-    count = int(round(keep * n))
-    if count >= n or n == 0:
-        return 0.0
-    ordered = pooled.sort(descending=True).values
-    if count <= 0:
-        return float(ordered[0]) + 1.0  # nothing passes; min_keep tops up
-    return float((ordered[count - 1] + ordered[count]) / 2)
 
 
 def simplex_grid(stages: int, steps: int) -> list[tuple[float, ...]]:

@@ -164,6 +164,9 @@ class ExportConfig:
 
     opset: int = 20
     capped_quantile: float = 1.0  # capped flavor: K per stage = this quantile of kept counts on validation data
+    # where those kept counts come from: the validation split, or (runs that `tokengate bench CONFIG` writes for a
+    # config without data) the bench's sample photos, bench.num_images of them
+    caps_images: Literal["val", "sample-photos"] = "val"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.capped_quantile <= 1.0:

@@ -1,11 +1,10 @@
 """Run a linear layer on [B, N, K] activations as one Gemm with its bias, on the rows flattened to 2-D.
 
 torch's exporter writes `nn.Linear` on a [B, N, K] tensor as MatMul + Add. ONNX Runtime's CPU provider fuses the
-bias into the GEMM only for 2-D inputs, so the Add stays a separate pass over the output. The packed bench graphs
-run their pruned blocks on 2-D rows and get the fused Gemm for free, while the dense and static baselines (and the
-blocks before the first token stage) would pay the extra pass: DeiT-S dense at batch 1 ran 0.9% slower (ad-hoc
-A/B, ORT CPU, 2 threads). The bench applies this pass to every model it exports, so that speedups compare equally
-lean graphs. Each rewrite is Reshape([-1, K]) -> Gemm(W, b) -> Reshape(leading dims + [N]): the reshapes are views.
+bias into the GEMM only for 2-D inputs, so the Add would stay a separate pass over the output, in the dense baseline
+and in every block before the first token stage, while the packed flavor's rows are 2-D already. Every export runs
+this pass, so all flavors are equally lean. Each rewrite is Reshape([-1, K]) -> Gemm(W, b) -> Reshape(leading dims +
+[N]): the reshapes are views.
 """
 from __future__ import annotations
 

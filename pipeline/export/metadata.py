@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +19,7 @@ FORMAT_VERSION = 1
 class ExportInfo:
     """The facts `validate`, `build` and `bench` read back from an exported model."""
 
-    flavor: str  # plugin | native | capped | dense
+    flavor: str  # plugin | native | capped | packed | dense
     model: str  # student | teacher
     config: dict  # the run's Config as a dict
     stages: list[int]
@@ -31,9 +31,21 @@ class ExportInfo:
     input_shape: list[int]  # [C, H, W]
     opset: int
     run_dir: str
+    passes: dict[str, int] = field(default_factory=dict)  # graph pass -> nodes it rewrote (pipeline.export.onnx_export)
 
     def run_config(self) -> Config:
         return config_from_dict(self.config)
+
+    @staticmethod
+    def of(model, cfg: Config, flavor: str, run_dir: str | Path, opset: int, caps: Optional[list[int]] = None,
+           truncation_rate: Optional[float] = None) -> "ExportInfo":
+        """What an export of `model` (a GatedViT) from the run `run_dir` records."""
+        return ExportInfo(
+            flavor=flavor, model="teacher" if flavor == "dense" else "student", config=cfg.to_dict(),
+            stages=list(model.stages), thresholds=[float(t) for t in model.thresholds.detach()],
+            min_keep=model.min_keep, num_prefix=model.num_prefix, caps=None if caps is None else list(caps),
+            truncation_rate=truncation_rate, input_shape=[cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size],
+            opset=opset, run_dir=str(run_dir))
 
 
 def attach(proto: onnx.ModelProto, info: ExportInfo) -> None:

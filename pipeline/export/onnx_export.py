@@ -1,9 +1,15 @@
-"""Export a GatedViT to ONNX with torch's dynamo exporter, one flavor at a time.
+"""Export a GatedViT to ONNX with torch's dynamo exporter: one function and one set of graph passes for every flavor.
 
-plugin: one fused `tokengate::TokenSelect` node per stage, data-dependent K.
-native: the same semantics in standard ONNX ops, data-dependent K (runs in ONNX Runtime).
-capped: standard ops with a constant K per stage (TopK with constant k): builds everywhere, TensorRT-RTX included.
-dense: the teacher, no token selection, for speed comparisons.
+plugin: one fused `tokengate::TokenSelect` node per stage, data-dependent K (TensorRT with our plugin).
+native: the same semantics in standard ONNX ops, data-dependent K (any ONNX runtime).
+capped: standard ops with a constant K per stage (TopK with constant k): static shapes, TensorRT-RTX included.
+packed: standard ops; after the first stage every sample's kept tokens are rows of one [sum K, C] matrix, so each
+    sample's cost follows its own token count (ONNX Runtime CPU's fastest graph; pipeline.models.packed).
+dense: the teacher, no token selection: the speed baseline.
+
+Passes, in order, each recorded in the file's metadata (`passes`): `fold_weights` (weight views into initializers),
+`varlen` (packed only: per-sample attention placeholders into standard ops), `bias_gemm` (a linear layer's bias into
+a 2-D Gemm, which ONNX Runtime CPU fuses).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import contextlib
 import copy
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,12 +27,17 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
-from pipeline.export import schema
+from pipeline.export import schema, varlen
+from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.models import GatedViT
+from pipeline.models.packed import PackedForward, per_sample_attention_pays
 
-FLAVORS = ("plugin", "native", "capped", "dense")
+FLAVORS = ("plugin", "native", "capped", "packed", "dense")
+# Which flavor to deploy where (also in `tokengate export --help`, the bench report and the README).
+DEPLOY = {"ONNX Runtime CPU": "packed", "TensorRT": "plugin (adaptive K), or capped for static shapes",
+          "TensorRT-RTX, CUDA graphs": "capped", "other ONNX runtimes": "native"}
 TENSORRT_FLAVORS = ("plugin", "capped")  # built by TensorRT / TensorRT-RTX: scores keep a separate class-token pass
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18+; TokenSelect's neighbours (TopK, Where, ...) need nothing newer
 TWO_GB = 2 * 1024**3
@@ -36,12 +48,12 @@ OUTPUT_NAMES = ("logits", "kept_tokens")
 class _Exported(nn.Module):
     """What the ONNX graph computes: logits and, for gated models, tokens kept per stage."""
 
-    def __init__(self, model: GatedViT):
+    def __init__(self, model: GatedViT, forward: Callable):
         super().__init__()
-        self.model = model
+        self.model, self.run = model, forward
 
     def forward(self, images: torch.Tensor):
-        logits, lengths = self.model.forward_dropped(images)
+        logits, lengths = self.run(images)
         return (logits, lengths) if self.model.stages else logits
 
 
@@ -51,19 +63,39 @@ def check_opset(opset: int) -> None:
                    f"pass --opset {MIN_OPSET} or higher (default 20)")
 
 
-def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo, opset: int = 20,
-                caps: Optional[Sequence[int]] = None,
-                passes: Sequence[Callable[[onnx.ModelProto], object]] = ()) -> Path:
-    """Write one flavor to `path` atomically; returns the path. `passes` rewrite the graph in place before it is
-    saved (the bench's `bias_gemm`)."""
+def check_exportable(model: GatedViT, flavor: str) -> None:
+    """Refuse, before any work, a flavor that cannot express `model` (one line naming the fix)."""
     if flavor not in FLAVORS:
-        raise fail(f"unknown flavor {flavor!r}", f"use one of {', '.join(FLAVORS)}")
-    check_opset(opset)
+        raise fail(f"unknown flavor {flavor!r}", f"use one of {', '.join(FLAVORS)} (or 'all')")
     if model.group_gates is not None:
         raise fail("group-level dynamic gates decide per batch, which no static graph can express",
                    "export a run trained with gates.dynamic=none")
+    if flavor == "dense":
+        return
+    if not model.stages:
+        raise fail(f"the {flavor} flavor selects tokens, but this model has no token stages",
+                   "export --flavor dense, or train with token stages (gates.token_stages)")
+    if flavor == "packed" and model.dropped_tokens != "discard":
+        raise fail("the packed flavor discards dropped tokens, but this run keeps them as context "
+                   "(gates.dropped_tokens: context)", "export --flavor native or plugin for this run")
+    if flavor == "packed" and any(p.dtype != torch.float32 for p in model.parameters()):
+        raise fail("the packed flavor exports float32 models (its per-sample attention is written in float32)",
+                   "export the float32 model; ONNX Runtime and TensorRT choose lower precision later")
+
+
+def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo, opset: int = 20,
+                caps: Optional[Sequence[int]] = None) -> Path:
+    """Write one flavor to `path` atomically, after the graph passes (module docstring); returns the path."""
+    check_exportable(model, flavor)
+    check_opset(opset)
     model = copy.deepcopy(model).eval()
-    if flavor != "dense":
+    forward, translations = model.forward_dropped, {}
+    if flavor == "packed":
+        per_sample = per_sample_attention_pays(model)
+        forward = PackedForward(model, varlen=per_sample)
+        varlen.register_schema()
+        translations = dict(varlen.TRANSLATION)
+    elif flavor != "dense":
         model.set_select({"plugin": "op", "native": "native", "capped": "capped"}[flavor], caps)
         model.share_score_attention(flavor not in TENSORRT_FLAVORS)
     schema.register_schema()
@@ -72,15 +104,20 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
     outputs = list(OUTPUT_NAMES if model.stages else OUTPUT_NAMES[:1])
     with _quiet():
         program = torch.onnx.export(
-            _Exported(model).eval(), (images,), input_names=[INPUT_NAME], output_names=outputs,
+            _Exported(model, forward).eval(), (images,), input_names=[INPUT_NAME], output_names=outputs,
             dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
-            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx},
+            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx,
+                                      **translations},
         )
     proto = program.model_proto
-    fold_weight_views(proto)
-    for rewrite in passes:
-        rewrite(proto)
-    attach(proto, info)
+    passes = {"fold_weights": fold_weight_views(proto)}
+    if flavor == "packed":
+        passes["varlen"] = varlen.expand_varlen_attention(proto)
+        if varlen.placeholders_left(proto):
+            raise fail("the packed export kept a per-sample attention placeholder that the varlen pass did not "
+                       "reach (inside a function or subgraph)", "report it with the model; --flavor native exports it")
+    passes["bias_gemm"] = fuse_bias_into_gemm(proto)
+    attach(proto, replace(info, passes=passes))
     path = Path(path)
     with atomic_path(path) as tmp:
         large = proto.ByteSize() > TWO_GB

@@ -4,8 +4,9 @@ import torch
 
 from calib.cost import cost_ratio, floor_ratio, reference_macs
 from calib.inputs import model_inputs
-from calib.search import ThresholdSearch, neighbours, quantile_threshold, simplex_grid
-from calib.staged import StagedForward
+from calib.search import ThresholdSearch, neighbours, simplex_grid
+from pipeline.models.staged import quantile_threshold
+from pipeline.models.staged import StagedForward
 from pipeline.data import load_dataset
 from pipeline.errors import TokenGateError
 from pipeline.models import build_student, load_teacher

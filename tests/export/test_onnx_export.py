@@ -1,4 +1,4 @@
-"""ONNX export: the three flavors and the dense teacher, their graphs, metadata and ONNX Runtime parity."""
+"""ONNX export: the four student flavors and the dense teacher, their graphs, metadata and ONNX Runtime parity."""
 import json
 
 import numpy as np
@@ -14,6 +14,7 @@ from pipeline.models import load_student
 from tests.conftest import make_run, tiny_config
 
 PARITY_TOL = 1e-4  # ONNX Runtime CPU vs PyTorch, fp32 (issue 4 target)
+INVARIANCE_TOL = 1e-5  # logits at any batch composition vs batch 1, fp32 (DESIGN.md §3)
 
 ARCHS = {
     "default-geometry": {"arch": "vit_tiny_patch16_224", "img_size": 28, "in_chans": 1, "patch_size": 4,
@@ -33,7 +34,8 @@ def exported(request, tmp_path_factory, fmnist_root):
              "dropped_tokens": "context" if request.param in CONTEXT else "discard"}
     cfg = tiny_config(fmnist_root, model=ARCHS[request.param], gates=gates)
     run = make_run(tmp_path_factory.mktemp(request.param), cfg)
-    paths = export_run(run, ["plugin", "native", "capped", "dense"])
+    paths = export_run(run)  # `--flavor all`: packed too, except in context mode
+    assert ("packed" in paths) == (request.param not in CONTEXT)
     return cfg, run, paths
 
 
@@ -96,9 +98,20 @@ def test_metadata_records_what_later_stages_need(exported):
     assert read_info(paths["dense"]).model == "teacher"
 
 
-@pytest.mark.parametrize("flavor", ["native", "capped", "dense"])
+def test_every_export_records_its_passes(exported):
+    _, _, paths = exported
+    for flavor, path in paths.items():
+        passes = read_info(path).passes
+        assert set(passes) == ({"fold_weights", "varlen", "bias_gemm"} if flavor == "packed"
+                               else {"fold_weights", "bias_gemm"}), flavor
+        assert passes["bias_gemm"] > 0, flavor  # every ViT has linear layers with a bias
+
+
+@pytest.mark.parametrize("flavor", ["native", "capped", "packed", "dense"])
 def test_onnxruntime_matches_pytorch(exported, flavor):
     cfg, run, paths = exported
+    if flavor not in paths:
+        pytest.skip(f"{flavor} is not exported for this run (context mode has no packed layout)")
     model = load_student(run) if flavor != "dense" else None
     if flavor == "capped":  # random images keep more than validation images: compare capped with capped
         model.set_select("capped", read_info(paths["capped"]).caps)
@@ -122,10 +135,34 @@ def test_capped_limits_come_from_validation_data(exported):
     assert summary["capped"]["caps"] == info.caps and summary["capped"]["truncation_rate"] == 0.0
 
 
+def test_packed_is_batch_invariant(exported):
+    """Shuffled batches of 1, 2, 7 against batch 1 (num_prefix 2 for the distilled DeiT): within 1e-5, no flips."""
+    cfg, _, paths = exported
+    if "packed" not in paths:
+        pytest.skip("context mode has no packed layout")
+    session = _session(paths["packed"])
+    images = torch.randn(14, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size,
+                         generator=torch.Generator().manual_seed(5)).numpy()
+    singles = np.concatenate([session.run(None, {"images": images[i:i + 1]})[0] for i in range(14)])
+    order = np.random.default_rng(0).permutation(14)
+    for size in (2, 7):
+        for start in range(0, 14, size):
+            idx = order[start:start + size]
+            logits = session.run(None, {"images": images[idx]})[0]
+            assert np.abs(logits - singles[idx]).max() <= INVARIANCE_TOL
+            assert (logits.argmax(1) == singles[idx].argmax(1)).all()
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".data"))
+
+
 def test_bad_export_requests(tmp_path, tiny_run, fmnist_root):
     _, run = tiny_run
+    before = _files(run)
     with pytest.raises(TokenGateError, match="unknown flavor 'fused'"):
         export_run(run, ["fused"])
+    assert _files(run) == before
     with pytest.raises(TokenGateError, match="opset 13 is below 18"):
         export_run(run, ["native"], opset=13)
     untrained = tmp_path / "untrained"
@@ -135,6 +172,19 @@ def test_bad_export_requests(tmp_path, tiny_run, fmnist_root):
         export_run(untrained, ["native"])
     with pytest.raises(TokenGateError, match="has no config.json"):
         export_run(tmp_path, ["native"])
+
+
+@pytest.mark.parametrize("gates,flavor,message", [
+    ({"dynamic": "group"}, "packed", "group-level dynamic gates"),
+    ({"token_stages": []}, "packed", "no token stages"),
+    ({"dropped_tokens": "context"}, "packed", "keeps them as context"),
+])
+def test_impossible_flavors_are_refused_before_any_file(tmp_path, fmnist_root, gates, flavor, message):
+    """One clear line each, checked for every flavor asked before the first file is written (dense comes first)."""
+    run = make_run(tmp_path / "run", tiny_config(fmnist_root, gates=gates))
+    with pytest.raises(TokenGateError, match=message):
+        export_run(run, ["dense", flavor])
+    assert _files(run) == []
 
 
 def test_plugin_flavor_runs_with_our_onnxruntime_op(exported):

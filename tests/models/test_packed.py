@@ -8,7 +8,9 @@ import onnx
 import pytest
 import torch
 
-from pipeline.bench.packed import MASK_BIAS, PackedForward, keep_mask, layout_from_lengths, to_packed, to_padded
+from pipeline.export.metadata import ExportInfo
+from pipeline.export.onnx_export import export_onnx
+from pipeline.models.packed import MASK_BIAS, PackedForward, keep_mask, layout_from_lengths
 from pipeline.errors import TokenGateError
 from pipeline.models import GatedViT, Structure, build_teacher, token_ops
 from tests.conftest import tiny_config
@@ -21,10 +23,10 @@ def test_layout_round_trip():
     layout = layout_from_lengths(lengths, 3)
     assert layout.flat.tolist() == [0, 1, 2, 3, 6, 7]  # positions b * 3 + j of the valid tokens
     rows = torch.arange(6, dtype=torch.float32)[:, None].expand(6, 2)
-    padded = to_padded(rows, layout)
+    padded = rows[layout.index].reshape(3, -1, 2)  # the per-sample view, as the attention gathers it
     assert padded[:, :, 0].tolist() == [[0, 1, 2], [3, 3, 3], [4, 5, 4]]  # padding repeats the sample's first row
     assert layout.bias[:, 0].tolist() == [[0, 0, 0], [0, MASK_BIAS, MASK_BIAS], [0, 0, MASK_BIAS]]
-    assert torch.equal(to_packed(padded, layout), rows)
+    assert torch.equal(padded.reshape(-1, 2)[layout.flat], rows)  # and back to the packed rows
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,14 @@ def test_keep_mask_argmax_top_up_equals_the_ranking():
     assert torch.equal(keep_mask(scores, torch.tensor(2.0), 2), token_ops.keep_mask(scores, torch.tensor(2.0), 2))
 
 
-@pytest.mark.parametrize("select,varlen", [("packed", True), ("packed", False), ("op", True)])
-def test_packed_equals_forward_dropped(sliced_gated, select, varlen):
+@pytest.mark.parametrize("varlen", [True, False])
+def test_packed_equals_forward_dropped(sliced_gated, varlen):
     model = sliced_gated
     images = torch.randn(9, 1, 28, 28)
     with torch.no_grad():
         logits, kept = model.forward_dropped(images)
-        packed_logits, packed_kept = PackedForward(model, select, varlen)(images)
-        singles = torch.cat([PackedForward(model, select, varlen)(images[i:i + 1])[0] for i in range(9)])
+        packed_logits, packed_kept = PackedForward(model, varlen)(images)
+        singles = torch.cat([PackedForward(model, varlen)(images[i:i + 1])[0] for i in range(9)])
     assert kept.float().std(0).max() > 0  # samples keep different counts, so there is padding to remove
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
@@ -75,55 +77,70 @@ def test_class_attention_key_bias_matches_the_mask():
     assert float(biased[1, :, 3:].max()) < 1e-12  # padded keys get a negligible weight, not an exact zero
 
 
-@pytest.mark.parametrize("flavor", ["packed", "packed-plugin"])
-def test_packed_export_runs_attention_per_sample(sliced_gated, fmnist_root, tmp_path, flavor):
+LONG = {"depth": 4, "num_heads": 2, "embed_dim": 32, "img_size": 48, "patch_size": 4}  # 144 patches + class
+
+
+@pytest.fixture(scope="module")
+def long_gated(fmnist_root):
+    """Like `sliced_gated`, with 145 tokens: long enough that the export attends sample by sample."""
+    cfg = tiny_config(fmnist_root, model=LONG)
+    vit = copy.deepcopy(build_teacher(cfg).vit)
+    with torch.no_grad():
+        for block in vit.blocks:
+            block.attn.qkv.weight[: 2 * block.attn.attn_dim] *= 4
+    Structure(heads=(2, 1, 2, 1), mlp_hidden=(40, 64, 0, 30)).apply(vit)
+    return cfg, GatedViT(vit, stages=(1, 3), init_threshold=1.0).eval()
+
+
+def test_packed_export_attends_per_sample(long_gated, tmp_path):
     """The exported packed graph: one If (batched attention when all samples keep as many tokens, else a Loop over
     the samples) per attention that does not score (blocks 1 and 3 of 4: blocks 0 and 2 score the stages), no
-    placeholder left, same logits and kept tokens as forward_dropped, batch invariant (batch 1 takes the batched
-    branch, batch 9 the loop); and the bench's TokenSelect regions leave the attention out (its branches read qkv,
-    which an If does not list among its inputs; read as inputs-only, it would count as selection)."""
-    from pipeline.bench.exports import cached_export
+    placeholder left, the passes recorded, same logits and kept tokens as forward_dropped, batch invariant (batch 1
+    takes the batched branch, batch 9 the loop); and the bench's TokenSelect regions leave the attention out (its
+    branches read qkv, which an If does not list among its inputs; read as inputs-only, it would count as
+    selection)."""
     from pipeline.bench.profile import selection_regions
-    from pipeline.bench.sessions import OrtCall
-    from pipeline.bench.varlen import placeholders_left
+    from pipeline.export.metadata import read_info
+    from pipeline.export.varlen import placeholders_left
+    from pipeline.runners.ort_runner import OrtRunner
 
-    cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
-    path, cached = cached_export(sliced_gated, "combined", flavor, tmp_path, cfg, per_sample=True)
+    cfg, model = long_gated
+    path = export_onnx(model, "packed", tmp_path / "model.packed.onnx", ExportInfo.of(model, cfg, "packed", tmp_path, 20))
     graph = onnx.load(str(path), load_external_data=False)
     attention = [n for n in graph.graph.node if n.op_type == "If"]
-    assert not cached and len(attention) == 2
+    assert len(attention) == 2
     assert all([x.op_type for x in a.g.node].count("Loop") == 1 for n in attention for a in n.attribute
                if a.name == "else_branch")
     assert placeholders_left(graph) == 0
+    passes = read_info(path).passes
+    assert passes["varlen"] == 2 and passes["bias_gemm"] > 0 and "fold_weights" in passes
     regions = selection_regions(graph)
     assert regions.stages == 2
     # the If's condition (3 nodes on the lengths) may count as selection, like the rest of the layout's bookkeeping
     assert not {n.name for n in attention} & (regions.select | regions.scores)
-    call = OrtCall(path, threads=1)
-    images = torch.randn(9, 1, 28, 28)
+    runner = OrtRunner(path, threads=1)
+    images = torch.randn(9, 1, 48, 48)
     with torch.no_grad():
-        logits, kept = sliced_gated.forward_dropped(images)
-    ort_logits, ort_kept = call(images.numpy())
-    singles = np.concatenate([call(images[i:i + 1].numpy())[0] for i in range(9)])
-    assert np.array_equal(ort_kept, kept.numpy())
-    assert (ort_kept.min(0) != ort_kept.max(0)).all()  # counts differ at both stages: batch 9 takes the loop
-    assert np.abs(ort_logits - logits.numpy()).max() <= TOL
-    assert np.abs(singles - ort_logits).max() <= TOL  # batch invariance
+        logits, kept = model.forward_dropped(images)
+    out = runner.infer(images.numpy())
+    singles = np.concatenate([runner.infer(images[i:i + 1].numpy()).logits for i in range(9)])
+    assert np.array_equal(out.kept_tokens, kept.numpy())
+    assert (out.kept_tokens.min(0) != out.kept_tokens.max(0)).all()  # counts differ at both stages: the loop
+    assert np.abs(out.logits - logits.numpy()).max() <= TOL
+    assert np.abs(singles - out.logits).max() <= TOL  # batch invariance
 
 
 def test_packed_export_refuses_half_precision(sliced_gated, fmnist_root, tmp_path):
-    from pipeline.bench.exports import cached_export
-
     cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
+    half = copy.deepcopy(sliced_gated).half()
     with pytest.raises(TokenGateError, match="float32"):
-        cached_export(copy.deepcopy(sliced_gated).half(), "combined", "packed", tmp_path, cfg)
+        export_onnx(half, "packed", tmp_path / "model.packed.onnx", ExportInfo.of(half, cfg, "packed", tmp_path, 20))
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_per_sample_attention_is_chosen_for_long_sequences(sliced_gated, fmnist_root):
+def test_per_sample_attention_is_chosen_for_long_sequences(sliced_gated, long_gated):
     """17 tokens (4 x 4 patches of 7 + class): padded attention; 145 (12 x 12 patches of 4 + class): per sample."""
-    from pipeline.bench.packed import per_sample_attention_pays
+    from pipeline.models.packed import per_sample_attention_pays
 
     assert not per_sample_attention_pays(sliced_gated)
-    cfg = tiny_config(fmnist_root, model={"depth": 2, "num_heads": 2, "embed_dim": 32, "img_size": 48, "patch_size": 4})
-    assert per_sample_attention_pays(GatedViT(build_teacher(cfg).vit, stages=(1,), init_threshold=1.0))
+    assert per_sample_attention_pays(long_gated[1])

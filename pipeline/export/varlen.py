@@ -1,24 +1,15 @@
-"""Per-sample attention for the packed layout: each sample attends over its own kept tokens only.
+"""The packed flavor's per-sample attention in standard ONNX ops: each sample attends over its own kept rows.
 
-The packed layout's attention used to gather every sample to the batch's largest kept count K and mask the rest, so
-its work was B x K^2 where the samples' own is the sum of their L^2 (2.46x as much on DeiT-S's bench images at batch
-16, per stage 45-74% padding). Here attention runs sample by sample:
-
-- in PyTorch, `tokengate::varlen_attention` is a custom op whose eager body loops over the samples (the reference,
-  written like the ONNX expansion: outputs padded to [B * K, H * d], then the packed rows gathered with `flat`);
-- the exporter writes it as one placeholder node (`tokengate.varlen::VarlenAttention`), and `expand_varlen_attention`
-  replaces each with an ONNX `If` on whether every sample holds as many rows (always so at batch 1). If so, the
-  packed rows are a plain [B, L] layout and attention runs batched, with no loop. If not, a `Loop` over the batch:
-  slice the sample's rows, attention on [H, L, d], its rows [L, H * d] padded to [K, H * d] (a scan output needs one
-  shape; the padding is copies, not attention work), then the packed rows gathered back. Standard ops only, so the
-  exported file runs on any ONNX Runtime.
-
-The loop's fixed cost is one iteration per sample (22 small nodes). Measured against the padded attention on ORT
-CPU with 2 threads (ad-hoc script: nine blocks, three stages of kept counts spread like the bench's, 16 samples),
-it pays with the token count N: 82-93 ms against 112-120 ms at DeiT-S's N = 197 (4-6 heads of 64; equal at batch
-1, 0.4-0.7 ms a block either way), 39-60 ms against 48-76 at N = 145, even at N = 100-128, and it loses at the
-default Fashion-MNIST model's N = 50 (6-15 ms against 5-12). `packed.per_sample_attention_pays` draws the line
-at N = 129. Float32 only (the bench exports float32 models).
+The exporter writes `tokengate::varlen_attention` (pipeline.models.varlen_op) as one placeholder node
+(`tokengate.varlen::VarlenAttention`); `expand_varlen_attention` replaces each with an `If` on whether every sample
+holds as many rows (always so at batch 1):
+- then: the packed rows are a plain [B, L] layout, and attention runs batched with no loop;
+- else: a `Loop` over the batch slices each sample's rows, attends on [H, L, d], pads its output rows to the batch's
+  largest count K (a scan output needs one shape; the padding is copies, not attention work), and the packed rows
+  are gathered back.
+Standard ops only, so the file runs on any ONNX Runtime. The loop costs a fixed ~22 small nodes per sample and
+block, so it pays only for long token sequences (`pipeline.models.packed.per_sample_attention_pays`; docs/method.md
+has the measurements). Float32 only.
 """
 from __future__ import annotations
 
@@ -26,40 +17,13 @@ import numpy as np
 import onnx
 import onnxscript
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto, defs, helper, numpy_helper
 
 from pipeline.export.graph import subgraphs
+from pipeline.models import varlen_op  # noqa: F401  (registers torch.ops.tokengate.varlen_attention)
 
 DOMAIN = "tokengate.varlen"  # exists only between export and expand_varlen_attention
 OP_TYPE = "VarlenAttention"
-
-
-@torch.library.custom_op("tokengate::varlen_attention", mutates_args=())
-def varlen_attention(qkv: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, flat: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """Attention of each sample over its own rows.
-
-    Args:
-        qkv: [3, H, R, d] packed rows of the batch (sample after sample), heads split off.
-        starts, lengths: [B] int64: sample b owns rows starts[b] .. starts[b] + lengths[b].
-        flat: [R] int64, each packed row's position b * K + j in the padded [B, K] view, K = max(lengths) (the
-            packed layout's `flat`); a layout of another width would misplace rows here as in the ONNX Loop.
-    Returns:
-        [R, H * d]: each row's attention output, heads concatenated.
-    """
-    width = int(lengths.max()) if lengths.numel() else 0
-    padded = qkv.new_zeros(lengths.numel() * width, qkv.shape[1] * qkv.shape[3])
-    for b, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        q, k, v = qkv[:, :, start:start + length].unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [H, L, d]
-        padded[b * width:b * width + length] = out.transpose(0, 1).reshape(length, -1)
-    return padded[flat]
-
-
-@varlen_attention.register_fake
-def _varlen_attention_fake(qkv, starts, lengths, flat, scale):
-    return qkv.new_empty(qkv.shape[2], qkv.shape[1] * qkv.shape[3])
 
 
 def register_schema() -> None:
@@ -68,7 +32,7 @@ def register_schema() -> None:
         return
     param, S = defs.OpSchema.FormalParameter, defs.OpSchema
     defs.register_schema(S(
-        OP_TYPE, DOMAIN, 1, doc="Attention of each sample over its own packed rows (see pipeline/bench/varlen.py).",
+        OP_TYPE, DOMAIN, 1, doc="Attention of each sample over its own packed rows (see pipeline/export/varlen.py).",
         inputs=[param("qkv", "T", "[3, H, R, d]"), param("starts", "tensor(int64)", "[B]"),
                 param("lengths", "tensor(int64)", "[B]"), param("flat", "tensor(int64)", "[R]")],
         outputs=[param("out", "T", "[R, H * d]")],
@@ -179,10 +143,8 @@ def _loop_branch(prefix: str, scale: float, qkv: str, starts: str, lengths: str,
 
 def _expansion(node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """An If over the placeholder's two cases (names prefixed by its own name and index): samples of one length
-    attend batched (`_uniform_branch`); otherwise sample by sample (`_loop_branch`). On DeiT-S combined (ad-hoc
-    A/B against the Loop alone, ORT CPU, 2 threads, 3-6 rounds over 96 images) the If saves 0.2-0.3 ms of ~30 ms
-    at batch 1 (the loop's bookkeeping, padding and gather over 7 blocks) and costs nothing measurable at batch 16
-    (460 vs 458 ms, within noise)."""
+    attend batched (`_uniform_branch`), which spares batch 1 the loop's bookkeeping, padding and gather;
+    otherwise sample by sample (`_loop_branch`)."""
     qkv, starts, lengths, flat = node.input
     scale = next(a.f for a in node.attribute if a.name == "scale")
     p = f"{node.name}_{index}/"

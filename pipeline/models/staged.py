@@ -1,6 +1,6 @@
 """A GatedViT's hard-drop forward, run one pruning stage at a time over a whole calibration set.
 
-Calibration needs what `GatedViT.forward_dropped` cannot give: each stage's token scores for *all* images before
+Calibration (calib/) and the bench's keep-ratio fitting need what `GatedViT.forward_dropped` cannot give: each stage's token scores for *all* images before
 that stage's threshold is chosen (a threshold is a quantile of the pooled scores). So this runs the model's own
 pieces (`embed`, `block_gates`, `forward_gated`, `select_tokens`, `head`) in the same order, stage-major instead of
 batch-major, and caches everything before the first stage, which no threshold changes. Each stage is the model's own
@@ -82,3 +82,16 @@ class StagedForward:
             x, scores = model.vit.blocks[i].forward_gated(x, chunk.valid, None, gates, model.num_prefix,
                                                           i in model.score_layers, chunk.context)
         return _Chunk(x, chunk.valid, scores, chunk.context)
+
+
+def quantile_threshold(pooled: torch.Tensor, keep: float) -> float:
+    """The threshold that keeps the `keep` share of the pooled scores: midway between the last kept and the first
+    dropped. keep >= 1 gives 0.0 (relative scores are positive, so every token passes)."""
+    n = pooled.numel()
+    count = int(round(keep * n))
+    if count >= n or n == 0:
+        return 0.0
+    ordered = pooled.sort(descending=True).values
+    if count <= 0:
+        return float(ordered[0]) + 1.0  # nothing passes; min_keep tops up
+    return float((ordered[count - 1] + ordered[count]) / 2)

@@ -1,36 +1,26 @@
-"""The packed token layout of DESIGN.md §3, prototyped over a GatedViT's own layers (no weights copied).
+"""The packed token layout (DESIGN.md §3, the `packed` export flavor), over a GatedViT's own layers.
 
 After the first token stage the residual stream is kept as packed rows [sum_b L_b, C]: the kept tokens of every
-sample, one after the other, with no padding. Everything that acts per token (LayerNorms, qkv, proj, the MLP: about
-85% of DeiT-S's FLOPs) runs on those rows, so its cost follows each sample's own token count. Attention runs sample
-by sample on the sample's own rows (`varlen`: a Loop over the batch once exported, or batched when all samples keep
-as many tokens, as at batch 1), except in the layers that
-score a stage: their class-attention row feeds the next stage's [B, K] scores, so they gather the per-sample view
-[B, K, C] (K = the batch's largest kept count), one gather before attention and one after.
+sample, one after the other, with no padding. Everything that acts per token (LayerNorms, qkv, proj, the MLP) runs
+on those rows, so its cost follows each sample's own token count, not the batch's largest. Attention runs sample by
+sample (`varlen_op`, expanded to an If/Loop at export) on long sequences, and on the per-sample view [B, K, C]
+(K = the batch's largest kept count, padded keys masked) on short ones and in the layers that score a stage, whose
+class-attention row feeds the next stage's [B, K] scores.
 
-Four choices make the layout cheap on ONNX Runtime's CPU provider (each measured, see the bench note):
+Choices that keep the exported graph cheap on ONNX Runtime's CPU provider (docs/method.md has the measurements):
 - padded positions of the per-sample view gather their sample's class-token row instead of a zero row: their keys
-  are masked and their query rows are dropped, so any finite value works, and no [R + 1, D] concatenation is needed;
-- attention masks padded keys with one additive float bias per stage ([B, 1, K]: 0, or MASK_BIAS = -50 at
-  padding; the class-attention scores use the same bias). A boolean mask makes the exporter add an IsNaN + Where
-  pass over every [B, H, K, K] attention matrix to guard rows with no valid key, which cannot happen here (the
-  prefix is always valid). And -inf is slow: ONNX
-  Runtime's CPU Softmax takes 2.7x as long on rows where a third of the entries are -inf (any entry more than ~87
-  below the row maximum leaves its fast exp path). A padded key is a copy of its sample's class-token key, so its
-  logit is at most the row maximum and -50 leaves it a weight below e^-50 = 2e-22 of the largest: zero in fp32
-  arithmetic, and batch invariance holds (tested at 1e-5);
-- selection (`select="packed"`) computes the model's keep mask (score > threshold, topped up to min_keep) and gathers
-  the kept rows straight from the packed rows, in order: the compaction of `token_ops.compact_kept` without the
-  padded intermediate. With min_keep = 1 the top-up is an ArgMax (first index on ties, NaN as -inf, exactly
-  `token_ops.top_rank_mask(scores, 1)`) instead of the O(N^2) pairwise ranking. `select="op"` runs the fused
-  TokenSelect op on the per-sample view instead (the plugin flavor's node) and packs its output;
-- heads are split on the packed rows and gathered head-first (see `packed_attention`), and every reshape after a
-  selection takes -1 for the data-dependent size: a reshape to a computed size costs shape nodes in every block
-  (DeiT-S combined: 152 -> 133 selection nodes), and every node has a fixed cost in ONNX Runtime (~1 us unprofiled
-  on the build VM; see `region_time` for why not ~10 us, as its profiler says).
+  are masked and their query rows dropped, so any finite value works and no concatenation is needed;
+- padded keys are masked by an additive bias of MASK_BIAS = -50, not -inf or a boolean mask. A boolean mask makes
+  the exporter guard every attention matrix with IsNaN + Where, and -inf leaves the CPU Softmax's fast exp path. A
+  padded key is a copy of its sample's class-token key, so its logit is at most the row maximum and its weight is
+  below e^-50 of the largest: zero in fp32 sums, so batch invariance holds;
+- selection gathers the kept rows straight from the packed rows; with min_keep = 1 the top-up is an ArgMax (first
+  index on ties, NaN as -inf: exactly `token_ops.top_rank_mask(scores, 1)`), not the O(N^2) pairwise ranking;
+- heads are split on the packed rows and gathered head-first, and reshapes after a selection take -1 for the
+  data-dependent size, which saves shape nodes in every block.
 
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
-up to float rounding (tests/bench/test_bench_packed.py), and exports with the same dynamo exporter.
+up to float rounding (tests/models/test_packed.py).
 """
 from __future__ import annotations
 
@@ -40,14 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bench.varlen import varlen_attention
+from pipeline.models.varlen_op import varlen_attention
 from pipeline.models import GatedViT, token_ops
 from pipeline.models.layers import GatedAttention, GatedBlock
-from pipeline.models.select_op import select_tokens
 
-SELECTS = ("packed", "op")
 MASK_BIAS = -50.0  # added to the attention logits of padded keys; see the module docstring
-VARLEN_MIN_TOKENS = 129  # per-sample attention pays from about here on ONNX Runtime CPU (`varlen` module docstring)
+VARLEN_MIN_TOKENS = 129  # per-sample attention pays from about here on ONNX Runtime CPU (docs/method.md)
 
 
 def per_sample_attention_pays(model: GatedViT) -> bool:
@@ -155,7 +143,7 @@ class PackedForward(nn.Module):
     the padded per-sample view. The export turns it on; PyTorch runs leave it off, where a Python loop over the
     samples (and its host syncs) would cost more than the padding. Layers with a q/k norm keep the padded view."""
 
-    def __init__(self, model: GatedViT, select: str = "packed", varlen: bool = False):
+    def __init__(self, model: GatedViT, varlen: bool = False):
         super().__init__()
         if model.static_gates is not None or model.group_gates is not None:
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
@@ -164,9 +152,7 @@ class PackedForward(nn.Module):
         if model.dropped_tokens != "discard":
             raise ValueError("the packed layout discards dropped tokens; a model that keeps them as context runs "
                              "padded")
-        if select not in SELECTS:
-            raise ValueError(f"select must be one of {SELECTS}")
-        self.model, self.select, self.varlen = model, select, varlen
+        self.model, self.varlen = model, varlen
         self.eval()  # inference only: dropout and drop-path off, and the exporter sees eval mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,22 +166,17 @@ class PackedForward(nn.Module):
         rows, layout, kept = x.reshape(-1, x.shape[-1]), None, []
         for i in range(stages[0], len(blocks)):
             if i in stages:
-                rows, layout, lengths = self._select(rows, layout, scores, stages.index(i), x.shape[1])
+                rows, layout, lengths = self._select(rows, layout, scores, stages.index(i))
                 kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
                                         varlen=self.varlen)
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
-    def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
-                tokens: int) -> tuple[torch.Tensor, Layout, torch.Tensor]:
+    def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor,
+                stage: int) -> tuple[torch.Tensor, Layout, torch.Tensor]:
         """Keep the stage's tokens: new packed rows, their layout and each sample's token count."""
         m = self.model
         batch = scores.shape[0]
-        if self.select == "op":
-            padded = rows.reshape(batch, tokens, -1) if layout is None else to_padded(rows, layout)
-            y, lengths = select_tokens(padded, scores, m.thresholds[stage], m.num_prefix, m.min_keep, "op")
-            new = layout_from_lengths(lengths, y.shape[1], rows.dtype)
-            return to_packed(y, new), new, lengths
         keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
         mask = torch.cat([keep.new_ones(batch, m.num_prefix), keep], dim=1)  # positions of the per-sample view
         chosen = mask.reshape(-1).nonzero().squeeze(1)

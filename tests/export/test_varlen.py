@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.bench.packed import layout_from_lengths
-from pipeline.bench.varlen import (DOMAIN, OP_TYPE, expand_varlen_attention, placeholders_left, register_schema,
-                                   varlen_attention)
+from pipeline.export.varlen import DOMAIN, OP_TYPE, expand_varlen_attention, placeholders_left, register_schema
+from pipeline.models.packed import layout_from_lengths
+from pipeline.models.varlen_op import varlen_attention
 from pipeline.runtime import import_onnxruntime
 
 HEADS, DIM, SCALE = 3, 8, 0.35
