@@ -103,6 +103,15 @@ def ort_session(path: str | Path, device: str = "auto", fp16: bool = False, thre
     return open_plan(plan_session(path, device, fp16, plugin_lib), threads)
 
 
+def session_options(threads: int = 0, spin: bool = True) -> Any:
+    """`onnxruntime.SessionOptions` with `threads` intra-op threads (0: ORT's choice) that spin when idle or not."""
+    options = import_onnxruntime().SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
 def register_token_select(options: Any) -> None:
     """Make `options` run tokengate::TokenSelect nodes (onnxruntime-extensions' library, our op declared once)."""
     from pipeline.ops.ort_register import register

@@ -97,26 +97,29 @@ def draw_tokens(raw: torch.Tensor, masks: torch.Tensor, names: list[str], stages
     return save_png(fig, path, DPI)
 
 
-def visualize(source: str | Path, out: str | Path, count: int = 6, model_name: str = "combined",
+def visualize(source: str | Path, out: str | Path, count: int = 6, run_root: str | Path = "runs/bench",
               show: bool = True) -> Path:
-    """Draw the kept tokens of a run's student (or a config's combined / tokens model) over `count` images."""
-    from pipeline.bench.images import load_images
-    from pipeline.bench.prepare import prepare_models
+    """Draw the kept tokens of a run's student over `count` images: a trained run's validation images, or for a
+    config the student of the run directory `tokengate bench` writes for it (under `run_root`) over the photos its
+    thresholds were fitted on."""
+    from pipeline.bench.prepare import bench_run, keep_ratios_of
     from pipeline.bench.target import load_target
     from pipeline.errors import fail
+    from pipeline.images import load_images
+    from pipeline.models import load_student
 
     if count < 1:
         raise fail(f"--images {count} must be positive", "e.g. --images 6")
-    if model_name not in ("combined", "tokens"):
-        raise fail(f"--model {model_name!r} has no token stages to draw", "use combined (default) or tokens")
     target = load_target(source)
-    pool = count if target.run_dir is not None else max(count, target.spec.num_images)
-    images = load_images(target.cfg, target.spec.images, pool, target.spec.seed)
-    models, about = prepare_models(target, images.inputs, show)
-    model = models[model_name]
+    run_dir = bench_run(target, Path(run_root), show)
+    model = load_student(run_dir)
+    if not model.stages:
+        raise fail(f"the student of {run_dir} has no token stages to draw", "train it with gates.token_stages")
+    images = load_images(target.cfg, target.spec.images, count, target.spec.seed)
     masks = kept_patches(model, images.inputs[:count])
     grid = model.vit.patch_embed.grid_size
-    ratios = about[model_name].get("keep_ratios") or []
-    title = (f"{target.name}: {model_name} model, kept patches per stage (dropped dimmed); mean keep ratios "
-             f"{', '.join(f'{r:.2f}' for r in ratios)} on {len(images)} images")
+    with torch.no_grad():
+        ratios = keep_ratios_of(model.forward_dropped(images.inputs)[1], model.num_prefix, int(masks.shape[-1]))
+    title = (f"{target.name}: the student's kept patches per stage (dropped dimmed); mean keep ratios "
+             f"{', '.join(f'{r:.2f}' for r in ratios)} on these {len(images)} images")
     return draw_tokens(images.raw[:count], masks, images.names[:count], model.stages, tuple(grid), out, title)

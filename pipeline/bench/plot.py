@@ -1,4 +1,4 @@
-"""bench.png: throughput against top-1 (or against GFLOPs for random weights), one point per model per batch size."""
+"""bench.png: throughput against top-1 (or against GFLOPs without trained weights), one point per file per batch size."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,8 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.artifacts import save_png
 
-COLORS = {"dense": "#444444", "static": "#1f77b4", "tokens": "#2ca02c", "combined": "#d62728"}
+COLORS = {"dense": "#444444", "packed": "#d62728", "native": "#1f77b4", "plugin": "#2ca02c", "capped": "#ff7f0e",
+          "student": "#d62728"}
 MARKERS = "osD^v<>ph*"
 
 
@@ -42,8 +43,8 @@ def _panel(ax: Any, report: Mapping[str, Any]) -> None:
     ax.set_ylabel("throughput (images/s, log scale)")
     ax.set_xlabel("top-1 (%)" if by_top1 else "GFLOPs per image (MAC convention)")
     ax.grid(alpha=0.3)
-    caption = (f"{report['target']}: {report['runtime']}, {report['flavor']} flavor; color = model, "
+    caption = (f"{report['target']}: {report['runtime']}, the run's exported files; color = flavor, "
                f"marker = batch size ({', '.join(map(str, batches))})")
     if not by_top1:
-        caption += "\nrandom weights: no accuracy, so throughput is plotted against GFLOPs instead of top-1"
+        caption += "\nuntrained weights: no accuracy, so throughput is plotted against GFLOPs instead of top-1"
     ax.set_title(caption, fontsize=8)

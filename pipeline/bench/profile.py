@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from pipeline.bench.region_time import RegionTimes, time_regions
-from pipeline.bench.sessions import OrtCall
+from pipeline.runners.ort_runner import OrtRunner
 from pipeline.errors import fail
 from pipeline.export.graph import constant_names, node_reads
 
@@ -233,7 +233,7 @@ class SelectionCost:
                           "alternating with the whole model (pipeline/bench/region_time.py)"}
 
 
-def selection_cost(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
+def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
     """TokenSelect's share of `call`'s run time on `batches`.
 
     A profiling session (ORT's optimized graph saved beside `prefix`) runs the first batch as a warm-up and then every
@@ -241,9 +241,10 @@ def selection_cost(call: OrtCall, batches: Sequence[np.ndarray], prefix: str, re
     shares reported are then measured without the profiler: each region cut out of that graph and timed alternating
     with `call`. Different batches keep different token counts, so they are what the share should be an average
     case of."""
-    profiled = OrtCall(call.path, call.runtime, threads=call.threads, profile_prefix=prefix)
+    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, spin=False, profile_prefix=prefix,
+                         ours=call.info is not None)
     for images in [batches[0], *batches]:
-        profiled(images)
+        profiled.infer(images)
     trace = Path(profiled.end_profiling())
     saved = profiled.optimized is not None and profiled.optimized.is_file()
     try:

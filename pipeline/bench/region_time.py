@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from pipeline.bench.sessions import OrtCall, bench_session_options
+from pipeline.runners.ort_runner import OrtRunner
 from pipeline.errors import fail
 from pipeline.export.graph import node_reads
 
@@ -97,12 +97,12 @@ def _ort_error(what: str, exc: Exception) -> Exception:
                 "report it with the model; the profiler's shares are in bench.json under profile[...]['profiler']")
 
 
-def _session(model: onnx.ModelProto, call: OrtCall) -> Any:
+def _session(model: onnx.ModelProto, call: OrtRunner) -> Any:
     """A CPU session for a piece of `call`'s optimized graph, opened like `call`'s own (threads, custom ops)."""
-    from pipeline.runtime import import_onnxruntime, register_token_select
+    from pipeline.runtime import import_onnxruntime, register_token_select, session_options
 
     ort = import_onnxruntime()
-    options = bench_session_options(call.threads)
+    options = session_options(call.threads, spin=False)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already ORT's optimized graph
     if call.plan.custom_ops:
         register_token_select(options)
@@ -116,7 +116,7 @@ def _session(model: onnx.ModelProto, call: OrtCall) -> Any:
 class RegionTimer:
     """One cut region, its inputs bound once per batch, run through IOBinding (no copies into Python)."""
 
-    def __init__(self, cut: Cut, call: OrtCall):
+    def __init__(self, cut: Cut, call: OrtRunner):
         from pipeline.runtime import import_onnxruntime
 
         self.ort = import_onnxruntime()
@@ -159,7 +159,7 @@ class RegionTimes:
 class Capture:
     """The tapped model: one run gives every region's input values on a batch."""
 
-    def __init__(self, optimized: onnx.ModelProto, regions: Mapping[str, set[str]], call: OrtCall):
+    def __init__(self, optimized: onnx.ModelProto, regions: Mapping[str, set[str]], call: OrtRunner):
         self.inputs = {key: region_inputs(optimized, names) for key, names in regions.items()}
         self.session = _session(tapped(optimized, [t for ts in self.inputs.values() for t in ts]), call)
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -174,23 +174,23 @@ class Capture:
         return {**values, self.input_name: images}
 
 
-def _alternate(timers: Mapping[str, RegionTimer], call: OrtCall, images: np.ndarray,
+def _alternate(timers: Mapping[str, RegionTimer], call: OrtRunner, images: np.ndarray,
                reps: int) -> tuple[list[float], dict[str, list[float]]]:
     """`reps` times: the whole model once, then each region once. Returns the model's and each region's seconds."""
     for timer in timers.values():
         timer.seconds()  # first run on this batch's shapes: allocations
-    call(images)
+    call.infer(images)
     model, region = [], {key: [] for key in timers}
     for _ in range(reps):
         start = time.perf_counter()
-        call(images)
+        call.infer(images)
         model.append(time.perf_counter() - start)
         for key, timer in timers.items():
             region[key].append(timer.seconds())
     return model, region
 
 
-def time_regions(optimized: onnx.ModelProto, regions: Mapping[str, set[str]], call: OrtCall,
+def time_regions(optimized: onnx.ModelProto, regions: Mapping[str, set[str]], call: OrtRunner,
                  batches: Sequence[np.ndarray], reps: int = 3) -> RegionTimes:
     """Per batch: one run of the tapped model for the regions' input values, then `reps` alternations of the whole
     model (`call`, unprofiled) and each region. A region with no nodes takes no time: share 0."""

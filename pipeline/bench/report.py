@@ -46,9 +46,9 @@ def round_speedups(timings: Timings, models: Sequence[str], batch_sizes: Sequenc
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    """Tables for people: one per batch size, then how the models were made and where the time goes."""
+    """Tables for people: one per batch size, then the files timed, which flavor to deploy where, and the method."""
     lines = [f"# tokengate bench: {report['target']}", "",
-             f"Runtime **{report['runtime']}** ({report['flavor']} flavor) on {report['device']}. "
+             f"Runtime **{report['runtime']}** on {report['device']}: the files of {report['run_dir']}. "
              f"{report['rounds']} interleaved rounds, each over the same batches (the image pool: "
              f"{', '.join(f'{n} of {b}' for b, n in report['batches_per_round'].items())}); "
              f"machine load average {report['machine']['load_before'][0]:.2f} before, "
@@ -74,10 +74,9 @@ def markdown(report: Mapping[str, Any]) -> str:
                 f"{'-' if w is None else f'{100 * w:.1f}%'} | "
                 f"{'-' if key not in share else f'{100 * share[key]:.2f}%'} |")
         lines.append("")
-    lines += ["## models", ""]
-    for name, about in report["models"].items():
-        lines.append(f"- **{name}**: {about['how']}" + (
-            f"; keep ratios {', '.join(f'{r:.3f}' for r in about['keep_ratios'])}" if about.get("keep_ratios") else ""))
+    lines += ["## files", ""]
+    lines += [f"- **{name}**: `{f['path']}` (sha256 {f['sha256'][:16]})" for name, f in report["files"].items()]
+    lines += ["", "Deploy: " + "; ".join(f"{where}: {flavor}" for where, flavor in report["deploy"].items()) + "."]
     lines += ["", f"Images: {report['images']}. Top-1: {report['top1_source']}.", "",
               "mean ms = each batch's median over the rounds, averaged over the batches; img/s = batch / mean ms. "
               "speedup = dense mean ms / model mean ms (the same images; a token-gated model's median batch is "
@@ -85,10 +84,8 @@ def markdown(report: Mapping[str, Any]) -> str:
               "GFLOPs/img = mean over the timed images; FLOPs ratio = dense GFLOPs / model "
               "GFLOPs; efficiency = speedup / FLOPs ratio. Padding waste = (max - mean) / max of kept tokens per "
               "batch, averaged over stages and batches (a padded layout pays it in every layer; the packed layout "
-              "only in the attention of the layers that score a stage). TokenSelect = share of run time in the "
-              "selection nodes: "
-              "each stage's selection cut out of the graph ONNX Runtime runs and timed on its own, unprofiled, "
-              "alternating with the whole model (ORT's profiler adds its own bookkeeping to every node's time and "
-              f"overstates regions of small nodes; its figures are in bench.json). Regions: "
+              "only in the attention of the layers that score a stage). TokenSelect (with --selection-share) = "
+              "share of run time in the selection nodes: each stage's selection cut out of the graph ONNX Runtime "
+              "runs and timed on its own, unprofiled, alternating with the whole model. Regions: "
               f"{report.get('profile_method', 'n/a')}.", ""]
     return "\n".join(lines)

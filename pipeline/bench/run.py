@@ -1,33 +1,35 @@
-"""The whole `tokengate bench`: models, thresholds, exports, sessions, parity check, timed rounds, top-1, profile,
-then bench.json / bench.md / bench.png."""
+"""The whole `tokengate bench`: the run directory, its exported files, parity, timed rounds, top-1, then bench.json.
+
+It times the files a user ships. A trained run's `model.<flavor>.onnx` files are timed as they are, and the missing
+ones are exported first through `tokengate export`'s own code (`export_run`); a config first becomes a run directory
+(`prepare.bench_run`). Each file runs through `pipeline.runners`, as `tokengate validate` runs it, and is checked
+against its PyTorch reference with validate's comparison and tolerance before it is timed.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
-from pipeline.bench import keep
-from pipeline.bench.exports import cached_export, GATED_FLAVORS
-from pipeline.bench.images import load_images
-from pipeline.bench.prepare import log, prepare_models
+from pipeline.bench.prepare import bench_run, log
 from pipeline.bench.report import round_speedups, rows_and_speedups
-from pipeline.bench.sessions import OrtCall, TensorRTCall, TorchCall, torch_device_name
-from pipeline.bench.target import Target, load_target
-from pipeline.bench.timing import mean_over_timed, run_rounds
+from pipeline.bench.target import load_target
+from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
+from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
-from pipeline.export.onnx_export import capped_limits
+from pipeline.export.onnx_export import DEPLOY
+from pipeline.export.run_export import artifact_path, export_run, run_flavors
 from pipeline.flops import gmacs
-from pipeline.models import GatedViT
-from pipeline.runners.base import runtime_name
+from pipeline.runners.base import Runner, runtime_name
 
-DEFAULT_FLAVOR = {"ort-cpu": "packed", "ort-cuda": "native", "ort-trt": "capped", "tensorrt": "capped",
-                  "torch": "padded"}
-PARITY_TOL = 1e-3  # logits vs PyTorch, fp32; a larger gap means the runtime is not running the same model
+# The flavors a runtime can run, in the order the report lists them.
+RUNTIME_FLAVORS = {"ort-cpu": ("packed", "native", "plugin", "capped"), "ort-cuda": ("native", "capped", "packed"),
+                   "ort-trt": ("capped",), "tensorrt": ("capped", "plugin"), "torch": ("student",)}
 
 
 @dataclass(frozen=True)
@@ -35,125 +37,209 @@ class BenchOptions:
     runtime: str = "ort-cpu"
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     rounds: int = 10
-    flavor: Optional[str] = None  # default per runtime (DEFAULT_FLAVOR)
-    cache: Optional[Path] = None
+    flavors: Optional[tuple[str, ...]] = None  # default: every flavor the runtime runs (RUNTIME_FLAVORS)
+    run_root: Path = Path("runs") / "bench"  # where configs become run directories
     threads: int = 0
     warmup_s: float = 1.0
     images: Optional[int] = None  # pool size (every round times all of it); default: bench.num_images, 256 for a run
-    profile_runs: int = 8  # profiled batches per gated model and batch size (the shares are medians over them)
     top1_limit: int = 0  # 0 = the whole validation split
-    opset: int = 20
+    selection_share: bool = False  # also time TokenSelect's share of run time (ONNX Runtime CPU; slow)
+    profile_runs: int = 8  # batches per flavor and batch size that the selection share averages over
     show: bool = True
 
 
 def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
-    """Measure the four models of `source` (a run directory or a config) and return the bench.json dict."""
+    """Bench `source` (a run directory or a config) and return the bench.json dict."""
+    from pipeline.images import load_images
+    from pipeline.models import load_student, load_teacher
+
     runtime = runtime_name(opts.runtime)
-    flavor = opts.flavor or DEFAULT_FLAVOR[runtime]
-    check_flavor(runtime, flavor)
     if not opts.batch_sizes or min(opts.batch_sizes) < 1 or opts.rounds < 1:
         raise fail("batch sizes and --rounds must be positive", "e.g. --batch-sizes 1,8,32 --rounds 10")
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
     target = load_target(source)
-    show = opts.show
-    count = opts.images or (256 if target.run_dir is not None else target.spec.num_images)
-    images = load_images(target.cfg, target.spec.images, count, target.spec.seed)
-    log(f"{len(images)} images: {images.source}", show)
-    models, about = prepare_models(target, images.inputs, show)
-    flavor = context_flavor(models, runtime, flavor, explicit=opts.flavor is not None, show=show)
-    kept = {name: keep.kept_tokens(m, images.inputs) for name, m in models.items()}
-    macs = {name: m.macs(kept[name].double()).numpy() for name, m in models.items()}  # per image
-    gflops = {(name, b): gmacs(mean_over_timed(macs[name], b)) for name in models for b in opts.batch_sizes}
-    for name in models:
-        about[name]["kept_tokens_mean"] = [float(v) for v in kept[name].double().mean(0)]
-    calls, device, paths = open_calls(target, models, kept, runtime, flavor, opts)
-    check_parity(calls, models, images.inputs[: max(opts.batch_sizes)], strict=runtime != "tensorrt", show=show)
+    run_dir = bench_run(target, opts.run_root, opts.show)
+    cfg = load_run_config(run_dir)
+    teacher, student = load_teacher(run_dir, cfg), load_student(run_dir, cfg)
+    if not student.stages:
+        raise fail(f"the student of {run_dir} has no token stages, so there is no token-gated model to bench",
+                   "bench a run trained with token stages (gates.token_stages null or a list)")
+    flavors = choose_flavors(runtime, opts.flavors, run_flavors(student), opts.show)
+    count = opts.images or (256 if target.run_dir is not None else cfg.bench.num_images)
+    images = load_images(cfg, "val" if target.run_dir is not None else "sample-photos", count, cfg.bench.seed)
+    log(f"{len(images)} images: {images.source}", opts.show)
+    files = exported_files(run_dir, runtime, flavors, opts.show)
+    runners = {name: open_runner(path, runtime, opts, run_dir) for name, path in files.items()}
     pool = images.inputs.numpy()
+    kept = check_and_count(files, runners, pool, cfg, max(opts.batch_sizes), strict=runtime != "tensorrt",
+                           show=opts.show)
+    macs = {name: (teacher if name == "dense" else student).macs(kept[name]).numpy() for name in runners}
+    gflops = {(name, b): gmacs(mean_over_timed(macs[name], b)) for name in runners for b in opts.batch_sizes}
     load_before = os.getloadavg()
-    log(f"timing {', '.join(models)} at batch {', '.join(map(str, opts.batch_sizes))}: {opts.rounds} rounds "
-        f"(load average {load_before[0]:.2f})", show)
-    timings = run_rounds(calls, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=show)
+    log(f"timing {', '.join(runners)} at batch {', '.join(map(str, opts.batch_sizes))}: {opts.rounds} rounds "
+        f"(load average {load_before[0]:.2f})", opts.show)
+    timings = run_rounds(runners, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=opts.show)
     load_after = os.getloadavg()
-    top1, top1_source = accuracy(target, calls, opts, show)
-    names = list(models)
+    top1, top1_source = accuracy(target.run_dir is not None, cfg, runners, opts)
+    names = list(runners)
     rows, speed, eff = rows_and_speedups(timings, names, opts.batch_sizes, gflops, top1)
     report: dict[str, Any] = {
-        "runtime": runtime, "device": device, "rows": rows, "speedup_vs_dense": speed, "speedup_efficiency": eff,
-        "target": str(source), "flavor": flavor,
+        "runtime": runtime, "device": device_name(runtime, runners, opts.threads), "rows": rows,
+        "speedup_vs_dense": speed, "speedup_efficiency": eff, "target": str(source), "run_dir": str(run_dir),
+        "flavors": list(flavors), "deploy": DEPLOY,
+        "files": {name: {"path": str(path), "sha256": sha256(path)} for name, path in files.items()},
         "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "batches_per_round": timings.batches,
         "speedup_rounds": round_speedups(timings, names, opts.batch_sizes),
         "padding_waste": {f"{m}@{b}": float(np.mean(w)) for (m, b), w in timings.waste.items()},
         "padding_waste_per_stage": {f"{m}@{b}": [float(v) for v in np.mean(w, axis=0)]
                                     for (m, b), w in timings.waste.items()},
-        "images": images.source, "top1_source": top1_source, "models": about,
-        "onnx": {name: str(p) for name, p in paths.items()},
+        "kept_tokens_mean": {name: [float(v) for v in kept[name].double().mean(0)] for name in runners},
+        "images": images.source, "top1_source": top1_source,
         "machine": {"load_before": list(load_before), "load_after": list(load_after), "cpus": os.cpu_count(),
                     "cpu": cpu_name(), "python": platform.python_version()},
     }
-    if runtime.startswith("ort"):
-        report.update(profile_selection(calls, pool, opts, show))
+    if opts.selection_share:
+        report.update(selection_share(runners, pool, opts, runtime))
     return report
 
 
-def check_flavor(runtime: str, flavor: str) -> None:
-    allowed = ("padded", "packed") if runtime == "torch" else GATED_FLAVORS
-    if flavor not in allowed:
-        raise fail(f"flavor {flavor!r} does not run on {runtime}", f"use one of {', '.join(allowed)}")
-    if runtime in ("tensorrt", "ort-trt") and flavor.startswith("packed"):
-        raise fail(f"the packed layout is an ONNX Runtime prototype; {runtime} builds static-shape graphs",
-                   "use --flavor capped (or plugin with our TensorRT plugin)")
+def choose_flavors(runtime: str, asked: Optional[Sequence[str]], expressible: Sequence[str],
+                   show: bool) -> tuple[str, ...]:
+    """The flavors to time: those asked (each must run on `runtime` and express the run), or by default every one
+    the runtime runs that the run can express (a context run has no packed flavor, and says so)."""
+    runs_here = RUNTIME_FLAVORS[runtime]
+    expressible = tuple(expressible) + (("student",) if runtime == "torch" else ())
+    if asked:
+        for flavor in asked:
+            if flavor not in runs_here:
+                raise fail(f"flavor {flavor!r} does not run on {runtime}", f"use one of {', '.join(runs_here)}")
+            if flavor not in expressible:
+                raise fail(f"this run cannot be exported as {flavor} (a run with gates.dropped_tokens: context has no "
+                           "packed layout)", f"use one of {', '.join(f for f in runs_here if f in expressible)}")
+        return tuple(asked)
+    chosen = tuple(f for f in runs_here if f in expressible)
+    for flavor in runs_here:
+        if flavor not in chosen:
+            log(f"no {flavor} flavor: this run keeps dropped tokens as context, which the packed layout has not", show)
+    return chosen
 
 
-def context_flavor(models: dict[str, GatedViT], runtime: str, flavor: str, explicit: bool, show: bool) -> str:
-    """The packed layout has no context tokens: models that keep dropped tokens as context run the padded graphs
-    (`native` on ONNX Runtime, `padded` in PyTorch) unless a packed flavor was asked for, which is refused."""
-    if not flavor.startswith("packed") or all(m.dropped_tokens == "discard" for m in models.values()):
-        return flavor
-    if explicit:
-        raise fail(f"--flavor {flavor} discards dropped tokens, but this run keeps them as context "
-                   "(gates.dropped_tokens: context)", f"use --flavor {'padded' if runtime == 'torch' else 'native'}")
-    fallback = "padded" if runtime == "torch" else "native"
-    log(f"flavor {fallback}: the packed layout has no context tokens (gates.dropped_tokens: context)", show)
-    return fallback
-
-
-def open_calls(target: Target, models: dict[str, GatedViT], kept: dict[str, torch.Tensor], runtime: str, flavor: str,
-               opts: BenchOptions) -> tuple[dict, str, dict[str, Path]]:
-    """One callable per model; exports (cached) for the ONNX runtimes."""
+def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bool) -> dict[str, Path]:
+    """{row name: file}: dense first, then each flavor; missing files are exported with `export_run`. The torch
+    runtime times the checkpoints themselves."""
     if runtime == "torch":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        calls = {n: TorchCall(m, packed=flavor == "packed", device=dev) for n, m in models.items()}
-        return calls, torch_device_name(dev), {}
-    cache = Path(opts.cache) if opts.cache else default_cache(target)
-    calls, paths = {}, {}
-    for name, model in models.items():
-        caps = None
-        if model.stages and flavor == "capped":
-            caps = capped_limits(kept[name], model.num_prefix, 1.0)[0]
-        path, cached = cached_export(model, name, flavor, cache, target.cfg, opts.opset, caps)
-        log(f"{name}: {'cached' if cached else 'exported'} {path}", opts.show)
-        paths[name] = path
-        if runtime == "tensorrt":
-            calls[name] = TensorRTCall(path, max(opts.batch_sizes))
-        else:
-            calls[name] = OrtCall(path, runtime, threads=opts.threads)
-    first = next(iter(calls.values()))
-    return calls, device_name(runtime, first, opts.threads), paths
+        return {"dense": run_dir / "teacher.safetensors", "student": run_dir / "student.safetensors"}
+    wanted = ["dense", *flavors]
+    missing = [f for f in wanted if not artifact_path(run_dir, f).is_file()]
+    if missing:
+        log(f"exporting {', '.join(missing)} (tokengate export {run_dir} --flavor {','.join(missing)})", show)
+        export_run(run_dir, missing)
+    return {f: artifact_path(run_dir, f) for f in wanted}
 
 
-def default_cache(target: Target) -> Path:
-    if target.run_dir is not None:
-        return target.run_dir / "bench_cache"
-    return Path("runs") / "bench_cache" / target.name
+def open_runner(path: Path, runtime: str, opts: BenchOptions, run_dir: Path) -> Runner:
+    """The runner `tokengate validate` would use, with the bench's threads and non-spinning ORT threads."""
+    if runtime == "torch":
+        from pipeline.runners.torch_runner import TorchRunner
+
+        return TorchRunner(path, threads=opts.threads)
+    if runtime == "tensorrt":
+        return engine_runner(path, max(opts.batch_sizes))
+    from pipeline.runners.ort_runner import OrtRunner
+
+    return OrtRunner(path, runtime, threads=opts.threads, spin=False)
 
 
-def device_name(runtime: str, call: Any, threads: int) -> str:
+def engine_runner(path: Path, max_batch: int, precision: str = "fp16") -> Runner:
+    """Build the file with `tokengate build`'s code (cached by the build), then run the engine."""
+    try:
+        from pipeline.build.run_build import build_engine
+        from pipeline.runners.tensorrt import TensorRTRunner
+    except ImportError as exc:
+        raise fail(f"the TensorRT runtime is not available here ({exc})",
+                   "run on a machine with TensorRT and an NVIDIA GPU, or use --runtime ort-cpu") from None
+    result = build_engine(path, precision=precision, batch=f"1,{max_batch},{max_batch}")
+    return TensorRTRunner(result.engine)
+
+
+def check_and_count(files: dict[str, Path], runners: dict[str, Runner], pool: np.ndarray, cfg: Config,
+                    batch: int, strict: bool, show: bool) -> dict[str, Any]:
+    """Every file against its PyTorch reference on the pool, with `tokengate validate`'s comparison and tolerance
+    (validate.tol_vs_torch of the run, same kept tokens); returns each row's kept tokens per image [N, S] (what its
+    GFLOPs are counted from). An fp16 TensorRT engine (`strict=False`) may flip a token at a threshold, so there a
+    gap is only reported."""
+    import torch
+
+    from pipeline.validate.compare import reference_runner, torch_gap
+    from pipeline.validate.subject import describe
+
+    tolerance = cfg.validate.tol_vs_torch
+    kept, references = {}, {}
+    for name, runner in runners.items():
+        subject = describe(files[name])
+        key = (subject.reference_model, tuple(subject.caps or ()))
+        if key not in references:
+            references[key] = reference_runner(subject)
+        got, ref = [], []
+        for start in range(0, len(pool), batch):
+            chunk = pool[start:start + batch]
+            got.append(runner.infer(chunk))
+            ref.append(references[key].infer(chunk))
+        gap = max(torch_gap(g.logits, r.logits) for g, r in zip(got, ref))
+        same = all(g.kept_tokens is None or np.array_equal(g.kept_tokens, r.kept_tokens) for g, r in zip(got, ref))
+        if not gap <= tolerance or not same:
+            message = (f"{files[name]} differs from its PyTorch reference: max |logit - torch| {gap:.2e} (tolerance "
+                       f"{tolerance:g}, validate.tol_vs_torch), kept tokens {'equal' if same else 'differ'}")
+            if strict:
+                raise fail(message, f"run tokengate validate {files[name]} for the whole comparison")
+            log(message, show)
+        kept[name] = torch.zeros(len(pool), 0, dtype=torch.float64) if got[0].kept_tokens is None else \
+            torch.from_numpy(np.concatenate([g.kept_tokens for g in got])).double()
+    log(f"parity with PyTorch: every file within {tolerance:g} (validate.tol_vs_torch), kept tokens equal", show)
+    return kept
+
+
+def accuracy(trained: bool, cfg: Config, runners: dict[str, Runner], opts: BenchOptions) -> tuple[dict, str]:
+    """Top-1 on the validation split, through the runtime being timed; null for a config's run (no training)."""
+    if not trained:
+        return {}, "null: the weights were not trained on the config's data"
+    from pipeline.data import load_dataset, stratified_indices
+
+    try:
+        data = load_dataset(cfg.data, cfg.model)
+    except Exception as exc:  # a run whose data is not here still benches speed
+        log(f"no top-1: {exc}", opts.show)
+        return {}, f"null: validation data not available ({exc})"
+    split = data.val
+    if opts.top1_limit:
+        split = split.subset(stratified_indices(split.labels, opts.top1_limit, 0))
+    correct = {name: 0 for name in runners}
+    for images, labels in data.batches(split, 256):
+        for name, runner in runners.items():
+            correct[name] += int((runner.infer(images.numpy()).logits.argmax(-1) == labels.numpy()).sum())
+    log(f"top-1 on {len(split)} validation images", opts.show)
+    return {n: 100.0 * c / len(split) for n, c in correct.items()}, \
+        f"validation split of {cfg.data.dataset} ({len(split)} images), through the timed runtime"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def device_name(runtime: str, runners: dict[str, Runner], threads: int) -> str:
     if runtime == "tensorrt":
         return "TensorRT engine"
+    if runtime == "torch":
+        import torch
+
+        return f"torch {torch.__version__} on CPU ({torch.get_num_threads()} threads)" if not torch.cuda.is_available() \
+            else f"torch {torch.__version__} on {torch.cuda.get_device_name()}"
     import onnxruntime
 
-    provider = call.session.get_providers()[0]
+    provider = next(iter(runners.values())).session.get_providers()[0]
     where = cpu_name() if provider == "CPUExecutionProvider" else "GPU"
     return f"onnxruntime {onnxruntime.__version__} {provider} on {where} ({threads or os.cpu_count()} threads)"
 
@@ -168,68 +254,23 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def check_parity(calls: dict, models: dict[str, GatedViT], images: torch.Tensor, strict: bool = True,
-                 show: bool = True) -> None:
-    """Every runtime model must compute what its PyTorch model computes (same kept tokens, close logits); an fp16
-    TensorRT engine (`strict=False`) may flip tokens at a threshold, so there it is only reported."""
-    for name, call in calls.items():
-        logits, kept = call(images.numpy())
-        with torch.no_grad():
-            ref_logits, ref_kept = models[name].eval().forward_dropped(images)
-        gap = float(np.abs(logits - ref_logits.numpy()).max())
-        same_kept = kept is None or bool((kept == ref_kept.numpy()).all())
-        if gap > PARITY_TOL or not same_kept:
-            message = (f"{name}: the runtime model differs from PyTorch (max |logit gap| {gap:.2e}, kept tokens "
-                       f"{'equal' if same_kept else 'differ'})")
-            if strict:
-                raise RuntimeError(message)
-            log(message, show)
-            return
-    log(f"parity with PyTorch: logits within {PARITY_TOL:g}, kept tokens equal", show)
-
-
-def accuracy(target: Target, calls: dict, opts: BenchOptions, show: bool) -> tuple[dict, str]:
-    """Top-1 on the validation split, through the runtime being timed; null for random weights."""
-    if target.random_weights:
-        return {}, "null: random weights (speed does not depend on them)"
-    from pipeline.data import load_dataset, stratified_indices
-
-    try:
-        data = load_dataset(target.cfg.data, target.cfg.model)
-    except Exception as exc:  # a config whose data is not here still benches speed
-        log(f"no top-1: {exc}", show)
-        return {}, f"null: validation data not available ({exc})"
-    split = data.val
-    if opts.top1_limit:
-        split = split.subset(stratified_indices(split.labels, opts.top1_limit, 0))
-    correct = {name: 0 for name in calls}
-    for images, labels in data.batches(split, 256):
-        batch = images.numpy()
-        for name, call in calls.items():
-            correct[name] += int((call(batch)[0].argmax(-1) == labels.numpy()).sum())
-    log(f"top-1 on {len(split)} validation images", show)
-    return {n: 100.0 * c / len(split) for n, c in correct.items()}, \
-        f"validation split of {target.cfg.data.dataset} ({len(split)} images), through the timed runtime"
-
-
-def profile_selection(calls: dict[str, Any], pool: np.ndarray, opts: BenchOptions, show: bool) -> dict[str, Any]:
-    """TokenSelect's share of run time per gated model and batch size (`profile.selection_cost`)."""
+def selection_share(runners: dict[str, Runner], pool: np.ndarray, opts: BenchOptions, runtime: str) -> dict[str, Any]:
+    """TokenSelect's share of run time per flavor and batch size (`profile.selection_cost`), ONNX Runtime only."""
+    if not runtime.startswith("ort"):
+        return {"tokenselect_share": {}, "profile_method": f"n/a: --selection-share needs ONNX Runtime, not {runtime}"}
     from pipeline.bench.profile import selection_cost
-    from pipeline.bench.timing import batch_at
 
-    shares, details = {}, {}
-    method = None
-    for name, call in calls.items():
-        if name in ("dense", "static"):
+    shares, details, method = {}, {}, "n/a"
+    for name, runner in runners.items():
+        if name == "dense":
             continue
         for batch in opts.batch_sizes:
-            prefix = str(call.path.with_name(f".profile.{name}.{batch}"))
-            batches = [batch_at(pool, batch, i) for i in range(opts.profile_runs)]
-            result = selection_cost(call, batches, prefix)
+            prefix = str(Path(runner.path).with_name(f".profile.{name}.{batch}"))
+            result = selection_cost(runner, [batch_at(pool, batch, i) for i in range(opts.profile_runs)], prefix)
             shares[f"{name}@{batch}"] = result.select_share
             details[f"{name}@{batch}"] = result.to_dict()
             method = result.profiled.method
     if shares:
         worst = max(shares, key=shares.get)
-        log(f"TokenSelect share of run time: at most {100 * shares[worst]:.2f}% ({worst})", show)
-    return {"tokenselect_share": shares, "profile": details, "profile_method": method or "n/a"}
+        log(f"TokenSelect share of run time: at most {100 * shares[worst]:.2f}% ({worst})", opts.show)
+    return {"tokenselect_share": shares, "profile": details, "profile_method": method}

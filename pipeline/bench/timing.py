@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pipeline.bench.metrics import padding_waste
-from pipeline.bench.sessions import Call
+from pipeline.runners.base import Runner
 from pipeline.progress import progress
 
 
@@ -51,13 +51,13 @@ def batch_at(pool: np.ndarray, batch: int, index: int) -> np.ndarray:
     return np.ascontiguousarray(np.take(pool, range(start, start + batch), axis=0, mode="wrap"))
 
 
-def time_once(call: Call, images: np.ndarray) -> tuple[float, np.ndarray | None]:
+def time_once(runner: Runner, images: np.ndarray) -> tuple[float, np.ndarray | None]:
     start = time.perf_counter()
-    _, kept = call(images)
+    kept = runner.infer(images).kept_tokens
     return time.perf_counter() - start, kept
 
 
-def warm_up(calls: Mapping[str, Call], pool: np.ndarray, batch: int, seconds: float) -> None:
+def warm_up(calls: Mapping[str, Runner], pool: np.ndarray, batch: int, seconds: float) -> None:
     """Run each model at least twice and for `seconds`."""
     for call in calls.values():
         spent, runs = 0.0, 0
@@ -66,12 +66,12 @@ def warm_up(calls: Mapping[str, Call], pool: np.ndarray, batch: int, seconds: fl
             spent, runs = spent + took, runs + 1
 
 
-def run_rounds(calls: Mapping[str, Call], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int,
+def run_rounds(calls: Mapping[str, Runner], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int,
                warmup_s: float = 1.0, show: bool = True) -> Timings:
     """Time every model at every batch size, interleaved batch by batch.
 
     Args:
-        calls: model name -> callable.
+        calls: row name -> runner.
         pool: float32 [N, C, H, W] images; each round runs every model on all of `batches_per_round` batches.
     """
     names = list(calls)

@@ -1,5 +1,8 @@
-"""tokengate bench RUN_OR_CONFIG [MORE ...] [--runtime R] [--batch-sizes 1,8,32] [--rounds N] [--json F] [--md F]
-[--plot F]
+"""tokengate bench RUN_OR_CONFIG [MORE ...] [--runtime R] [--flavors F,..] [--batch-sizes 1,8,32] [--rounds N]
+[--json F] [--md F] [--plot F]
+
+Times the files a user ships: a run's model.dense.onnx against each of its model.<flavor>.onnx (exported first when
+missing). A config first becomes a run directory under --run-root.
 
 With several targets, bench.json holds the first one's report (the issue's schema) and the others' reports, in the
 same schema, under "other_targets"; bench.md has one section and bench.png one panel per target.
@@ -12,26 +15,28 @@ from pipeline.runners.base import RUNTIMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="dense vs static vs token-gated vs combined speed, interleaved in one run")
+    p = sub.add_parser("bench", help="the run's exported files against its dense one, interleaved in one run")
     p.add_argument("targets", metavar="RUN_OR_CONFIG", nargs="+",
-                   help="a run directory (teacher + student), or a YAML config such as configs/deit-s-224.yaml; "
-                        "several are benched one after the other")
+                   help="a run directory (teacher + student), or a YAML config such as configs/deit-s-224.yaml "
+                        "(written as a run directory first: see --run-root); several are benched one after the other")
     p.add_argument("--runtime", default="ort-cpu",
                    help=f"one of {', '.join(RUNTIMES)} (onnxruntime = ort-cpu); default ort-cpu")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma list (default 1,8,32)")
     p.add_argument("--rounds", type=int, default=10,
                    help="timed rounds; each runs every model on every batch of the image pool (default 10)")
-    p.add_argument("--flavor", default=None,
-                   help="how the gated models are exported: packed (default on ort-cpu: packed rows, native "
-                        "selection), packed-plugin, native, capped, plugin; torch: padded (default) or packed")
+    p.add_argument("--flavors", default=None,
+                   help="comma list of the flavors to time against dense (default: every one the runtime runs and "
+                        "the run can express; ort-cpu: packed,native,plugin,capped)")
     p.add_argument("--images", type=int, default=None,
                    help="images to calibrate on and time, all of them in every round (default: bench.num_images of a "
                         "config, 256 for a run)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per model and batch size")
     p.add_argument("--top1-limit", type=int, default=0, help="top-1 on a stratified subset of N images (0 = all)")
-    p.add_argument("--cache", default=None, help="folder for the exported models (default RUN/bench_cache, or "
-                                                  "runs/bench_cache/NAME for a config)")
+    p.add_argument("--run-root", default="runs/bench",
+                   help="where a config becomes a run directory, RUN_ROOT/<config name> (default runs/bench)")
+    p.add_argument("--selection-share", action="store_true",
+                   help="also measure TokenSelect's share of run time (ONNX Runtime; adds minutes)")
     p.add_argument("--json", dest="json_path", default="bench.json", help="report (default bench.json)")
     p.add_argument("--md", dest="md_path", default=None, help="markdown tables (default: next to --json, .md)")
     p.add_argument("--plot", dest="plot_path", default=None, help="PNG (default: next to --json, .png)")
@@ -53,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise fail(f"--batch-sizes {args.batch_sizes!r} is not a comma list of integers", "e.g. --batch-sizes 1,8,32") \
             from None
-    opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavor=args.flavor,
-                        cache=Path(args.cache) if args.cache else None, threads=args.threads, warmup_s=args.warmup,
-                        images=args.images, top1_limit=args.top1_limit,
-                        show=not args.quiet)
+    flavors = tuple(f.strip() for f in args.flavors.split(",") if f.strip()) if args.flavors else None
+    opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavors=flavors,
+                        run_root=Path(args.run_root), threads=args.threads, warmup_s=args.warmup, images=args.images,
+                        top1_limit=args.top1_limit, selection_share=args.selection_share, show=not args.quiet)
     reports = [run_bench(target, opts) for target in args.targets]
     json_path = Path(args.json_path)
     md_path = Path(args.md_path) if args.md_path else json_path.with_suffix(".md")

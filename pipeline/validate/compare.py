@@ -49,13 +49,18 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 def validate(artifact: str | Path, batch_sizes: Optional[Sequence[int]] = None, runtime: Optional[str] = None,
              data_root: Optional[str] = None, limit: int = 0, seed: int = 0, show_progress: bool = True,
-             overrides: Sequence[str] = ()) -> dict:
+             overrides: Sequence[str] = (), references: Optional[dict] = None) -> dict:
     """Run the comparison and return the report (the JSON `tokengate validate --json` writes).
 
     `overrides` are `validate.KEY=VALUE` assignments over the recorded config, e.g. looser tolerances for fp16.
+    `references`: a dict shared by several calls (several flavors of one run), in which the PyTorch reference's
+    logits are kept, so each reference model runs once.
+
+    A batch-invariant model's reference runs once, in batches of SCREEN_BATCH, and every batch size is compared
+    with it: its logits do not depend on the batch (to float rounding, far below validate.tol_vs_torch). Group-gated
+    models decide per batch, so their reference runs the very same batches as the artifact at every size.
     """
     from pipeline.runners.factory import make_runner
-    from pipeline.runners.torch_runner import TorchRunner
 
     subject = describe(artifact)
     cfg = subject.config
@@ -67,12 +72,35 @@ def validate(artifact: str | Path, batch_sizes: Optional[Sequence[int]] = None, 
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     sizes = sorted(set(batch_sizes or cfg.validate.batch_sizes) | {1})
     runner = make_runner(artifact, runtime)
-    reference = None if subject.kind == "run" else TorchRunner(subject.run_dir, subject.reference_model, subject.caps,
-                                                               device="cpu", threads=1)
+    reference = None if subject.kind == "run" else reference_runner(subject)
     data = _ValidationData(cfg, limit)
-    results = {b: _run_batch_size(runner, reference, data, b, seed, show_progress) for b in sizes}
+    shared = None
+    if reference is not None and subject.batch_invariant:
+        key = (str(subject.run_dir), subject.reference_model, tuple(subject.caps or ()), cfg.data, limit)
+        cache = references if references is not None else {}
+        if key not in cache:
+            cache[key] = _run_batch_size(reference, None, data, SCREEN_BATCH, seed, show_progress).logits
+        shared = cache[key]
+    results = {b: _run_batch_size(runner, None if shared is not None else reference, data, b, seed, show_progress)
+               for b in sizes}
+    if shared is not None:
+        for out in results.values():
+            out.reference = shared
     return _report(subject, runner, reference, data, results, Tolerances(
         cfg.validate.tol_vs_torch, cfg.validate.tol_vs_b1, cfg.validate.max_flips))
+
+
+def reference_runner(subject: Subject) -> Runner:
+    """The PyTorch model an artifact is compared with: its run's student (with the capped flavor's caps) or teacher,
+    on the CPU with one thread (beside another runtime's threads, more would wait at every barrier)."""
+    from pipeline.runners.torch_runner import TorchRunner
+
+    return TorchRunner(subject.run_dir, subject.reference_model, subject.caps, device="cpu", threads=1)
+
+
+def torch_gap(logits: np.ndarray, reference: np.ndarray) -> float:
+    """max |logits - reference| as validate reports it (`max_abs_diff_vs_torch`; NaN/Inf: inf)."""
+    return _max_abs(logits, reference)
 
 
 class _ValidationData:
@@ -145,7 +173,7 @@ def _report(subject: Subject, runner: Runner, reference: Optional[Runner], data:
             top1=100.0 * float((out.logits.argmax(1) == data.labels).mean()),
             max_abs_logit_diff_vs_b1=_max_abs(out.logits, base.logits),
             flips_vs_b1=int((out.logits.argmax(1) != base.logits.argmax(1)).sum()),
-            max_abs_diff_vs_torch=0.0 if out.reference is None else _max_abs(out.logits, out.reference),
+            max_abs_diff_vs_torch=0.0 if out.reference is None else torch_gap(out.logits, out.reference),
             mean_kept_tokens=[] if out.kept is None else out.kept.mean(axis=0).tolist(),
         )
         results[str(size)] = {k: None if isinstance(v, float) and not math.isfinite(v) else v

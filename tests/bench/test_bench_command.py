@@ -1,7 +1,8 @@
-"""`tokengate bench` end to end on a tiny untrained run (torch runtime, one round): the JSON schema and its
-arithmetic, not timings. The ONNX Runtime path (exports, profiler) is the slow test at the end."""
+"""`tokengate bench` end to end on a tiny untrained run: it times the run's own exported files (their sha256 in
+bench.json), exports the missing ones first, and reports the JSON schema and its arithmetic, not timings."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -9,10 +10,10 @@ import pytest
 from pipeline.cli import main
 from tests.conftest import make_run, tiny_config
 
-MODELS = {"dense", "static", "tokens", "combined"}
 ROW_TYPES = {"model": str, "batch": int, "gflops_per_image": float, "throughput_img_s": float,
              "latency_ms_p50": float, "latency_ms_p90": float}
 REL = 1e-9  # the report's own arithmetic, recomputed
+ORT_ROWS = {"dense", "packed", "native", "plugin", "capped"}
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,16 @@ def _bench(run, out, *extra):
     return json.loads(out.read_text())
 
 
-def check_schema(report: dict, batches: list[int]) -> None:
+def check_schema(report: dict, batches: list[int], models: set[str]) -> None:
     assert isinstance(report["runtime"], str) and isinstance(report["device"], str)
-    assert {(r["model"], r["batch"]) for r in report["rows"]} == {(m, b) for m in MODELS for b in batches}
+    assert {(r["model"], r["batch"]) for r in report["rows"]} == {(m, b) for m in models for b in batches}
     for row in report["rows"]:
         for key, kind in ROW_TYPES.items():
             assert isinstance(row[key], kind), key
         assert row["top1"] is None or isinstance(row["top1"], float)
-    expected_keys = {f"{m}@{b}" for m in MODELS for b in batches}
+    expected_keys = {f"{m}@{b}" for m in models for b in batches}
     assert set(report["speedup_vs_dense"]) == expected_keys == set(report["speedup_efficiency"])
+    assert set(report["files"]) == models
 
 
 def check_arithmetic(report: dict) -> None:
@@ -52,37 +54,62 @@ def check_arithmetic(report: dict) -> None:
         assert row["latency_ms_p90"] >= row["latency_ms_p50"]
 
 
+def check_hashes(report: dict) -> None:
+    from pathlib import Path
+
+    for name, entry in report["files"].items():
+        assert hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest() == entry["sha256"], name
+
+
 def test_bench_torch_smoke(bench_run, tmp_path):
     report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch")
-    check_schema(report, [1, 3])
+    check_schema(report, [1, 3], {"dense", "student"})
     check_arithmetic(report)
+    check_hashes(report)
     gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
-    assert gflops["tokens"] < gflops["dense"] and gflops["combined"] < gflops["dense"]  # the stages drop tokens
+    assert gflops["student"] < gflops["dense"]  # the stages drop tokens
     assert report["batches_per_round"] == {"1": 13, "3": 4}  # the pool of 13 images; at 3, the 13th is not timed
     by_batch = {(r["model"], r["batch"]): r["gflops_per_image"] for r in report["rows"]}
     assert by_batch[("dense", 1)] == pytest.approx(by_batch[("dense", 3)], rel=REL)  # every image costs the same
     for low, mid, high in report["speedup_rounds"].values():
         assert low <= mid <= high
     assert all(r["top1"] is not None for r in report["rows"])  # a run has validation data
-    models = report["models"]
-    assert models["tokens"]["keep_ratios"] == pytest.approx(models["combined"]["keep_ratios"], abs=1 / 12 + 1e-9)
-    assert (tmp_path / "bench.md").read_text().count("| combined |") == 2
+    assert (tmp_path / "bench.md").read_text().count("| student |") == 2
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
 def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
     assert main(["bench", str(bench_run), "--batch-sizes", "1,x", "--json", str(tmp_path / "b.json")]) == 2
     assert main(["bench", str(tmp_path / "missing"), "--json", str(tmp_path / "b.json")]) == 2
-    assert main(["bench", str(bench_run), "--runtime", "torch", "--flavor", "capped"]) == 2
+    assert main(["bench", str(bench_run), "--runtime", "torch", "--flavors", "capped"]) == 2
+    assert main(["bench", str(bench_run), "--flavors", "fused"]) == 2
     assert "Fix:" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_bench_onnxruntime_profiles_token_select(bench_run, tmp_path):
-    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "ort-cpu", "--cache", str(tmp_path / "cache"))
-    check_schema(report, [1, 3])
+def test_bench_times_the_runs_own_files(bench_run, tmp_path):
+    """ONNX Runtime: the missing files are exported into the run first (with `tokengate export`'s code), a file
+    already there is timed as it is (the same sha256 before and after), and every row names its file."""
+    from pipeline.export.run_export import export_run
+
+    native = export_run(bench_run, ["native"])["native"]
+    before = hashlib.sha256(native.read_bytes()).hexdigest()
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "ort-cpu")
+    check_schema(report, [1, 3], ORT_ROWS)
     check_arithmetic(report)
-    for key in ("tokens@1", "tokens@3", "combined@1", "combined@3"):
+    check_hashes(report)
+    assert report["files"]["native"] == {"path": str(native), "sha256": before}
+    for name, entry in report["files"].items():
+        assert entry["path"] == str(bench_run / f"model.{name}.onnx")
+    assert set(report["deploy"]) >= {"ONNX Runtime CPU", "TensorRT"}
+    assert "Deploy:" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_selection_share(bench_run, tmp_path):
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "ort-cpu", "--flavors", "packed,plugin",
+                    "--selection-share")
+    for key in ("packed@1", "packed@3", "plugin@1", "plugin@3"):
         profile = report["profile"][key]
         assert 0 < report["tokenselect_share"][key] == profile["select_share"] < 1
         assert profile["stages_found"] == 2 and profile["timed_batches"] == 8
@@ -91,40 +118,37 @@ def test_bench_onnxruntime_profiles_token_select(bench_run, tmp_path):
         assert profile["profiler"]["matched"] > 0.5
 
 
-def test_context_runs_bench_padded_and_refuse_the_packed_layout(tmp_path, fmnist_root, capsys):
-    """The packed layout discards dropped tokens; a run that keeps them as context times the padded graphs."""
-    from pipeline.bench.run import context_flavor
+def test_bench_of_a_config_writes_a_run_and_reuses_it(tmp_path, fmnist_root):
+    """A config becomes a run directory (teacher, sliced student with fitted thresholds, config.json) under
+    --run-root, which a second bench reuses as it is."""
+    import yaml
+
+    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3]})
+    data = cfg.to_dict()
+    data["bench"] = {"keep_ratios": [0.7, 0.5], "heads_fraction": 0.5, "mlp_fraction": 0.5, "num_images": 8}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    args = ("--runtime", "torch", "--run-root", str(tmp_path / "runs"))
+    report = _bench(config, tmp_path / "bench.json", *args)
+    run = tmp_path / "runs" / cfg.name
+    assert report["run_dir"] == str(run)
+    assert {p.name for p in run.iterdir()} >= {"teacher.safetensors", "student.safetensors", "config.json"}
+    written = (run / "student.safetensors").stat().st_mtime_ns
+    second = _bench(config, tmp_path / "again.json", *args)
+    assert (run / "student.safetensors").stat().st_mtime_ns == written
+    assert second["files"] == report["files"]
+    assert report["top1_source"].startswith("null")
+
+
+def test_context_runs_have_no_packed_flavor(tmp_path, fmnist_root, capsys):
+    """The packed layout discards dropped tokens: a context run benches its other flavors, and refuses packed."""
+    from pipeline.bench.run import choose_flavors
+    from pipeline.export.run_export import run_flavors
     from pipeline.models import load_student
 
     cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3], "init_threshold": 1.0, "dropped_tokens": "context"})
     run = make_run(tmp_path / "run", cfg)
-    models = {"combined": load_student(run)}
-    assert context_flavor(models, "ort-cpu", "packed", explicit=False, show=False) == "native"
-    assert context_flavor(models, "torch", "packed", explicit=False, show=False) == "padded"
-    assert context_flavor(models, "ort-cpu", "capped", explicit=True, show=False) == "capped"
-    report = _bench(run, tmp_path / "bench.json", "--runtime", "torch")
-    check_schema(report, [1, 3])
-    gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
-    assert gflops["tokens"] < gflops["dense"]
-    packed = ["bench", str(run), "--runtime", "torch", "--flavor", "packed", "--json", str(tmp_path / "b.json")]
-    assert main(packed) == 2
-    assert "keeps them as context" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_flavor_comparison_runs_end_to_end(bench_run, tmp_path, capsys):
-    """`python -m pipeline.bench.flavors`: every flavor asked for, timed against dense on the same batches."""
-    from pipeline.bench.flavors import main as flavors_main
-
-    out = tmp_path / "flavors.json"
-    assert flavors_main([str(bench_run), "--flavors", "packed,native", "--batch-sizes", "1,3", "--rounds", "1",
-                         "--images", "6", "--json", str(out)]) == 0
-    table = json.loads(out.read_text())["table"]
-    models = ["dense"] + [f"{m}:{f}" for m in ("tokens", "combined") for f in ("packed", "native")]
-    assert set(table) == {f"{m}@{b}" for m in models for b in (1, 3)}
-    for key, row in table.items():
-        assert row["latency_ms_mean"] > 0
-        assert row["speedup_vs_dense"] == pytest.approx(table[f"dense@{key.split('@')[1]}"]["latency_ms_mean"]
-                                                        / row["latency_ms_mean"], rel=REL)
-        assert ("select_share" in row) == (not key.startswith("dense"))
-    assert "mean ms" in capsys.readouterr().out
+    expressible = run_flavors(load_student(run))
+    assert choose_flavors("ort-cpu", None, expressible, show=False) == ("native", "plugin", "capped")
+    assert main(["bench", str(run), "--flavors", "packed", "--json", str(tmp_path / "b.json")]) == 2
+    assert "dropped_tokens: context has no packed layout" in capsys.readouterr().err

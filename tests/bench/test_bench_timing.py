@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 
 from pipeline.bench.report import round_speedups, rows_and_speedups
+from pipeline.runners.base import RunnerOutput
 from pipeline.bench.timing import Timings, batch_at, batches_per_round, mean_over_timed, run_rounds, timed_images
 
 
 class Recorder:
-    """A bench callable that logs (call order, name, first pixel of each image) and returns 2 stages' kept counts."""
+    """A runner that logs (call order, name, first pixel of each image) and returns 2 stages' kept counts."""
 
     def __init__(self, name: str, log: list):
         self.name, self.log = name, log
 
-    def __call__(self, images: np.ndarray):
+    def infer(self, images: np.ndarray) -> RunnerOutput:
         self.log.append((self.name, tuple(images[:, 0, 0, 0].astype(int))))
         kept = np.stack([np.arange(len(images)) + 5, np.full(len(images), 3)], axis=1)
-        return np.zeros((len(images), 2)), kept
+        return RunnerOutput(np.zeros((len(images), 2)), kept)
 
 
 def test_every_round_times_the_same_batches_for_every_model():

@@ -12,7 +12,7 @@ from pipeline.bench.profile import selection_regions
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.bench.region_time import check_names, cut_region, region_inputs, tapped, time_regions
-from pipeline.bench.sessions import OrtCall
+from pipeline.runners.ort_runner import OrtRunner
 from pipeline.errors import TokenGateError
 from pipeline.export import schema
 from pipeline.runtime import import_onnxruntime
@@ -121,7 +121,7 @@ def test_time_regions_reports_a_share_per_region(tmp_path):
     rng = np.random.default_rng(2)
     batches = [rng.normal(size=(b, 5, 4)).astype(np.float32) for b in (1, 3)]
     times = time_regions(model, {"select": regions.select, "scores": regions.scores, "empty": set()},
-                         OrtCall(path, threads=1), batches, reps=2)
+                         OrtRunner(path, threads=1, ours=False), batches, reps=2)
     assert (times.batches, times.reps) == (2, 2)
     assert set(times.shares) == set(times.region_s) == {"select", "scores", "empty"}
     for key in ("select", "scores"):
@@ -150,7 +150,7 @@ def test_time_regions_cuts_a_fused_token_select_node(tmp_path):
     path = tmp_path / "fused.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), schema.opset_import()]), path)
     model = onnx.load(path)
-    call = OrtCall(path, threads=1)
+    call = OrtRunner(path, threads=1, ours=False)
     assert call.plan.custom_ops
     batches = [np.random.default_rng(3).normal(size=(2, 6, 4)).astype(np.float32)]
     times = time_regions(model, {"select": {"select"}}, call, batches, reps=1)

@@ -15,7 +15,7 @@ def test_visualize_writes_the_grid(tmp_path, fmnist_root):
     cfg = tiny_config(fmnist_root)  # token stages before blocks 2 and 3
     run = make_run(tmp_path / "run", cfg)
     out = tmp_path / "tokens.png"
-    assert main(["visualize", str(run), "--out", str(out), "--images", "3"]) == 0
+    assert main(["visualize", str(run), "--out", str(out), "--images", "3", "--run-root", str(tmp_path / "r")]) == 0
     with Image.open(out) as image:
         assert image.size == figure_pixels(rows=3, cols=1 + 2)
 

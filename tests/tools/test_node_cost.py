@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from pipeline.bench.node_cost import main, measure, reshape_chain
+from tools.node_cost import main, measure, reshape_chain
 from pipeline.runtime import import_onnxruntime
 
 

@@ -1,6 +1,6 @@
 """What one small ONNX Runtime node costs, unprofiled and as ORT's profiler reports it.
 
-    python -m pipeline.bench.node_cost [--nodes 500] [--runs 200] [--threads 2]
+    python -m tools.node_cost [--nodes 500] [--runs 200] [--threads 2]
 
 A chain of Reshape nodes on a 64-float tensor does next to no work, so its time per node is about the executor's
 fixed cost. The profiled figure is the median `kernel_time` ORT records for those same nodes. Their
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.bench.sessions import bench_session_options
+from pipeline.runtime import session_options
 
 
 @dataclass
@@ -56,7 +56,7 @@ def measure(nodes: int = 500, runs: int = 200, threads: int = 2) -> NodeCost:
     per_node, kernel = {}, float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         for profiled in (False, True):
-            options = bench_session_options(threads)
+            options = session_options(threads, spin=False)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every Reshape
             if profiled:
                 options.enable_profiling = True
@@ -79,7 +79,7 @@ def measure(nodes: int = 500, runs: int = 200, threads: int = 2) -> NodeCost:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.node_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.node_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=500)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)

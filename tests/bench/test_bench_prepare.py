@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.bench.keep import fit_keep_ratios, keep_ratios_of, stage_shares
+from pipeline.bench.prepare import fit_keep_ratios, keep_ratios_of, stage_shares
 from pipeline.models import GatedViT, build_teacher
 from tests.conftest import tiny_config
 
