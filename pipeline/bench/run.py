@@ -23,7 +23,7 @@ from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
 from pipeline.export.onnx_export import DEPLOY
-from pipeline.export.run_export import artifact_path, export_run, run_flavors
+from pipeline.export.run_export import artifact_path, export_run
 from pipeline.flops import gmacs
 from pipeline.runners.base import Runner, runtime_name
 
@@ -63,7 +63,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     if not student.stages:
         raise fail(f"the student of {run_dir} has no token stages, so there is no token-gated model to bench",
                    "bench a run trained with token stages (gates.token_stages null or a list)")
-    flavors = choose_flavors(runtime, opts.flavors, run_flavors(student), opts.show)
+    flavors = choose_flavors(runtime, opts.flavors)
     count = opts.images or (256 if target.run_dir is not None else cfg.bench.num_images)
     images = load_images(cfg, "val" if target.run_dir is not None else "sample-photos", count, cfg.bench.seed)
     log(f"{len(images)} images: {images.source}", opts.show)
@@ -102,25 +102,13 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     return report
 
 
-def choose_flavors(runtime: str, asked: Optional[Sequence[str]], expressible: Sequence[str],
-                   show: bool) -> tuple[str, ...]:
-    """The flavors to time: those asked (each must run on `runtime` and express the run), or by default every one
-    the runtime runs that the run can express (a context run has no packed flavor, and says so)."""
+def choose_flavors(runtime: str, asked: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """The flavors to time: those asked (each must run on `runtime`), or every one the runtime runs."""
     runs_here = RUNTIME_FLAVORS[runtime]
-    expressible = tuple(expressible) + (("student",) if runtime == "torch" else ())
-    if asked:
-        for flavor in asked:
-            if flavor not in runs_here:
-                raise fail(f"flavor {flavor!r} does not run on {runtime}", f"use one of {', '.join(runs_here)}")
-            if flavor not in expressible:
-                raise fail(f"this run cannot be exported as {flavor} (a run with gates.dropped_tokens: context has no "
-                           "packed layout)", f"use one of {', '.join(f for f in runs_here if f in expressible)}")
-        return tuple(asked)
-    chosen = tuple(f for f in runs_here if f in expressible)
-    for flavor in runs_here:
-        if flavor not in chosen:
-            log(f"no {flavor} flavor: this run keeps dropped tokens as context, which the packed layout has not", show)
-    return chosen
+    for flavor in asked or ():
+        if flavor not in runs_here:
+            raise fail(f"flavor {flavor!r} does not run on {runtime}", f"use one of {', '.join(runs_here)}")
+    return tuple(asked) if asked else runs_here
 
 
 def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bool) -> dict[str, Path]:

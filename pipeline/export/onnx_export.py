@@ -75,9 +75,6 @@ def check_exportable(model: GatedViT, flavor: str) -> None:
     if not model.stages:
         raise fail(f"the {flavor} flavor selects tokens, but this model has no token stages",
                    "export --flavor dense, or train with token stages (gates.token_stages)")
-    if flavor == "packed" and model.dropped_tokens != "discard":
-        raise fail("the packed flavor discards dropped tokens, but this run keeps them as context "
-                   "(gates.dropped_tokens: context)", "export --flavor native or plugin for this run")
     if flavor == "packed" and any(p.dtype != torch.float32 for p in model.parameters()):
         raise fail("the packed flavor exports float32 models (its per-sample attention is written in float32)",
                    "export the float32 model; ONNX Runtime and TensorRT choose lower precision later")

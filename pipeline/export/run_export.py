@@ -18,15 +18,9 @@ def artifact_path(run_dir: str | Path, flavor: str) -> Path:
     return Path(run_dir) / f"model.{flavor}.onnx"
 
 
-def run_flavors(student: GatedViT) -> tuple[str, ...]:
-    """What `--flavor all` exports: every flavor that can express this student (context runs have no packed)."""
-    skip = {"packed"} if student.dropped_tokens != "discard" else set()
-    return tuple(f for f in FLAVORS if f not in skip)
-
-
 def export_run(run_dir: str | Path, flavors: Optional[Sequence[str]] = None, opset: Optional[int] = None,
                quantile: Optional[float] = None) -> dict[str, Path]:
-    """Export the requested flavors of `run_dir` (None: `run_flavors`); returns {flavor: path}. Every flavor is
+    """Export the requested flavors of `run_dir` (None: all of them); returns {flavor: path}. Every flavor is
     checked before the first file is written, so a refused one leaves nothing behind."""
     run_dir = Path(run_dir)
     unknown = [f for f in flavors or () if f not in FLAVORS]
@@ -39,7 +33,7 @@ def export_run(run_dir: str | Path, flavors: Optional[Sequence[str]] = None, ops
     if not 0 < quantile <= 1:
         raise fail(f"--quantile {quantile} is outside (0, 1]", "use 1.0 (the largest kept count seen) or e.g. 0.99")
     student = load_student(run_dir, cfg) if flavors is None or any(f != "dense" for f in flavors) else None
-    flavors = run_flavors(student) if flavors is None else tuple(flavors)
+    flavors = FLAVORS if flavors is None else tuple(flavors)
     teacher = load_teacher(run_dir, cfg) if "dense" in flavors else None
     for flavor in flavors:
         check_exportable(teacher if flavor == "dense" else student, flavor)

@@ -13,6 +13,8 @@ has the measurements). Float32 only.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx
 import onnxscript
@@ -31,10 +33,12 @@ def register_schema() -> None:
     if defs.has(OP_TYPE, DOMAIN):
         return
     param, S = defs.OpSchema.FormalParameter, defs.OpSchema
+    index = "tensor(int64)"
     defs.register_schema(S(
         OP_TYPE, DOMAIN, 1, doc="Attention of each sample over its own packed rows (see pipeline/export/varlen.py).",
-        inputs=[param("qkv", "T", "[3, H, R, d]"), param("starts", "tensor(int64)", "[B]"),
-                param("lengths", "tensor(int64)", "[B]"), param("flat", "tensor(int64)", "[R]")],
+        inputs=[param("q", "T", "[H, R, d]"), param("kv", "T", "[2, H, Rk, d]"),
+                param("q_starts", index, "[B]"), param("q_lengths", index, "[B]"),
+                param("kv_starts", index, "[B]"), param("kv_lengths", index, "[B]"), param("flat", index, "[R]")],
         outputs=[param("out", "T", "[R, H * d]")],
         type_constraints=[("T", ["tensor(float)"], "float rows")],
         attributes=[S.Attribute("scale", S.AttrType.FLOAT, "multiplies the queries")]))
@@ -43,9 +47,9 @@ def register_schema() -> None:
 _opset = onnxscript.values.Opset(DOMAIN, 1)
 
 
-def varlen_attention_onnx(qkv, starts, lengths, flat, scale: float):
+def varlen_attention_onnx(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale: float):
     """Translation for the exporter: the placeholder node, expanded after export."""
-    return _opset.VarlenAttention(qkv, starts, lengths, flat, scale=scale)
+    return _opset.VarlenAttention(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale=scale)
 
 
 TRANSLATION = {torch.ops.tokengate.varlen_attention.default: varlen_attention_onnx}
@@ -55,17 +59,21 @@ def _const(name: str, value, dtype=np.int64) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(value, dtype), name)
 
 
-def _attention(n, p: str, grid: str, out: str, rank: int) -> list[onnx.NodeProto]:
-    """Attention over `grid` [3, H, *rows, d] (q, k, v stacked; `rank` = 5 with a batch axis, 4 without) to `out`
-    [prod(rows), H * d], rows in their order. Reads the branch's constants {p}ones [1, 1, 1], {p}zero [0] and
+def _node_maker(prefix: str):
+    """helper.make_node with every node named after its first output, under `prefix`."""
+    return lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)
+
+
+def _attention(n, p: str, q: str, kv: str, out: str, rank: int) -> list[onnx.NodeProto]:
+    """Attention of `q` [H, *rows, d] over `kv` [2, H, *kv_rows, d] (`rank` = 4 with a batch axis, 3 without) to
+    `out` [prod(rows), H * d], rows in their order. Reads the branch's constants {p}ones [1, 1], {p}zero [0] and
     {p}scale."""
-    last = rank - 2  # the last axis of q, k and v, once the stacking axis is gone
+    last = rank - 1
     return [
-        n("Split", [grid, f"{p}ones"], [f"{p}q_", f"{p}k_", f"{p}v_"], axis=0),
-        n("Squeeze", [f"{p}q_", f"{p}zero"], [f"{p}q"]),
+        n("Split", [kv, f"{p}ones"], [f"{p}k_", f"{p}v_"], axis=0),
         n("Squeeze", [f"{p}k_", f"{p}zero"], [f"{p}k"]),
         n("Squeeze", [f"{p}v_", f"{p}zero"], [f"{p}v"]),
-        n("Mul", [f"{p}q", f"{p}scale"], [f"{p}qs"]),
+        n("Mul", [q, f"{p}scale"], [f"{p}qs"]),
         n("Transpose", [f"{p}k"], [f"{p}kt"], perm=[*range(last - 1), last, last - 1]),
         n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"]),
         n("Softmax", [f"{p}logits"], [f"{p}probs"], axis=-1),
@@ -75,19 +83,26 @@ def _attention(n, p: str, grid: str, out: str, rank: int) -> list[onnx.NodeProto
     ]
 
 
-def _body(prefix: str, scale: float, qkv: str, starts: str, lengths: str, width: str) -> onnx.GraphProto:
-    """One sample: rows [start, start + length) of qkv -> attention -> [length, H * d] padded to [K, H * d]."""
-    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)  # noqa: E731
-    p = prefix
+def _slice_rows(n, p: str, name: str, tensor: str, starts: str, lengths: str, axis: str) -> list[onnx.NodeProto]:
+    """Rows starts[i] .. starts[i] + lengths[i] of `tensor` along `axis` (a constant name) to {p}{name}."""
+    return [
+        n("Gather", [starts, f"{p}i"], [f"{p}{name}_start"], axis=0),
+        n("Gather", [lengths, f"{p}i"], [f"{p}{name}_length"], axis=0),
+        n("Add", [f"{p}{name}_start", f"{p}{name}_length"], [f"{p}{name}_end"]),
+        n("Unsqueeze", [f"{p}{name}_start", f"{p}zero"], [f"{p}{name}_start1"]),
+        n("Unsqueeze", [f"{p}{name}_end", f"{p}zero"], [f"{p}{name}_end1"]),
+        n("Slice", [tensor, f"{p}{name}_start1", f"{p}{name}_end1", axis], [f"{p}{name}"]),
+    ]
+
+
+def _body(prefix: str, scale: float, io: "_Inputs", width: str) -> onnx.GraphProto:
+    """One sample: its query and key/value rows -> attention -> [length, H * d] padded to [K, H * d]."""
+    n, p = _node_maker(prefix), prefix
     nodes = [
-        n("Gather", [starts, f"{p}i"], [f"{p}start"], axis=0),
-        n("Gather", [lengths, f"{p}i"], [f"{p}length"], axis=0),
-        n("Add", [f"{p}start", f"{p}length"], [f"{p}end"]),
-        n("Unsqueeze", [f"{p}start", f"{p}zero"], [f"{p}start1"]),
-        n("Unsqueeze", [f"{p}end", f"{p}zero"], [f"{p}end1"]),
-        n("Slice", [qkv, f"{p}start1", f"{p}end1", f"{p}two"], [f"{p}rows"]),
-        *_attention(n, p, f"{p}rows", f"{p}rows_out", rank=4),  # [3, H, L, d] -> [L, H * d]
-        n("Sub", [width, f"{p}length"], [f"{p}pad"]),
+        *_slice_rows(n, p, "q", io.q, io.q_starts, io.q_lengths, f"{p}one"),
+        *_slice_rows(n, p, "kv", io.kv, io.kv_starts, io.kv_lengths, f"{p}two"),
+        *_attention(n, p, f"{p}q", f"{p}kv", f"{p}rows_out", rank=3),  # [H, L, d] over [2, H, Lk, d] -> [L, H * d]
+        n("Sub", [width, f"{p}q_length"], [f"{p}pad"]),
         n("Unsqueeze", [f"{p}pad", f"{p}zero"], [f"{p}pad1"]),
         n("Concat", [f"{p}zeros2", f"{p}pad1", f"{p}zero"], [f"{p}pads"], axis=0),  # [0, 0, K - L, 0]
         n("Pad", [f"{p}rows_out", f"{p}pads"], [f"{p}padded"]),  # [K, H * d]
@@ -99,65 +114,80 @@ def _body(prefix: str, scale: float, qkv: str, starts: str, lengths: str, width:
          helper.make_tensor_value_info(f"{p}cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(f"{p}cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info(f"{p}padded", TensorProto.FLOAT, ["K", "HD"])],
-        [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}ones", [1, 1, 1]),
+        [_const(f"{p}zero", [0]), _const(f"{p}one", [1]), _const(f"{p}two", [2]), _const(f"{p}ones", [1, 1]),
          _const(f"{p}scale", scale, np.float32), _const(f"{p}zeros2", [0, 0])])
 
 
-def _uniform_branch(prefix: str, scale: float, qkv: str, lengths: str) -> onnx.GraphProto:
-    """Every sample holds the same number of rows L (always at batch 1): the packed rows are the plain [B, L]
-    layout, so attention runs batched on [H, B, L, d] with no loop, padding or gather."""
-    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)  # noqa: E731
-    p = prefix
+def _uniform_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto:
+    """Every sample holds the same number of query rows L and of key rows Lk (always at batch 1): the packed rows
+    are plain [B, L] and [B, Lk] layouts, so attention runs batched with no loop, padding or gather."""
+    n, p = _node_maker(prefix), prefix
     nodes = [
-        n("Shape", [qkv], [f"{p}three_heads"], end=2),  # [3, H]
-        n("Shape", [qkv], [f"{p}dim"], start=3),  # [d]
-        n("Shape", [lengths], [f"{p}batch"]),  # [B]
-        n("Concat", [f"{p}three_heads", f"{p}batch", f"{p}minus_one", f"{p}dim"], [f"{p}shape"], axis=0),
-        n("Reshape", [qkv, f"{p}shape"], [f"{p}grid"]),  # [3, H, B, L, d]: sample b owns rows b * L .. b * L + L
-        *_attention(n, p, f"{p}grid", f"{p}rows", rank=5),  # [B * L, H * d]: the packed rows, in order
+        n("Shape", [io.q], [f"{p}num_heads"], end=1),  # [H]
+        n("Shape", [io.q], [f"{p}dim"], start=2),  # [d]
+        n("Shape", [io.q_lengths], [f"{p}batch"]),  # [B]
+        n("Concat", [f"{p}num_heads", f"{p}batch", f"{p}minus_one", f"{p}dim"], [f"{p}q_shape"], axis=0),
+        n("Concat", [f"{p}two", f"{p}q_shape"], [f"{p}kv_shape"], axis=0),
+        n("Reshape", [io.q, f"{p}q_shape"], [f"{p}q_grid"]),  # [H, B, L, d]: sample b owns rows b * L .. + L
+        n("Reshape", [io.kv, f"{p}kv_shape"], [f"{p}kv_grid"]),  # [2, H, B, Lk, d]
+        *_attention(n, p, f"{p}q_grid", f"{p}kv_grid", f"{p}rows", rank=4),  # [B * L, H * d]: the packed rows
     ]
     return helper.make_graph(
         nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
-        [_const(f"{p}zero", [0]), _const(f"{p}minus_one", [-1]), _const(f"{p}ones", [1, 1, 1]),
+        [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]), _const(f"{p}ones", [1, 1]),
          _const(f"{p}scale", scale, np.float32)])
 
 
-def _loop_branch(prefix: str, scale: float, qkv: str, starts: str, lengths: str, flat: str) -> onnx.GraphProto:
-    """Samples of different lengths: a Loop over the batch, each sample's rows padded to K = max(lengths) for the
-    scan output, then the packed rows gathered back with `flat`."""
-    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)  # noqa: E731
-    p = prefix
+def _loop_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto:
+    """Samples of different lengths: a Loop over the batch, each sample's rows padded to K = max(q_lengths) for
+    the scan output, then the packed rows gathered back with `flat`."""
+    n, p = _node_maker(prefix), prefix
     nodes = [
-        n("ReduceMax", [lengths], [f"{p}width"], keepdims=0),
-        n("Shape", [lengths], [f"{p}batch1"]),
+        n("ReduceMax", [io.q_lengths], [f"{p}width"], keepdims=0),
+        n("Shape", [io.q_lengths], [f"{p}batch1"]),
         n("Squeeze", [f"{p}batch1", f"{p}zero"], [f"{p}batch"]),
-        n("Loop", [f"{p}batch", ""], [f"{p}samples"],
-          body=_body(f"{p}body/", scale, qkv, starts, lengths, f"{p}width")),  # [B, K, H * d]
+        n("Loop", [f"{p}batch", ""], [f"{p}samples"], body=_body(f"{p}body/", scale, io, f"{p}width")),  # [B, K, HD]
         n("Flatten", [f"{p}samples"], [f"{p}padded_rows"], axis=2),  # [B * K, H * d]
-        n("Gather", [f"{p}padded_rows", flat], [f"{p}rows"], axis=0),
+        n("Gather", [f"{p}padded_rows", io.flat], [f"{p}rows"], axis=0),
     ]
     return helper.make_graph(
         nodes, f"{p}per_sample", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
         [_const(f"{p}zero", [0])])
 
 
-def _expansion(node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+class _Inputs(NamedTuple):
+    """The placeholder's inputs, by name."""
+
+    q: str
+    kv: str
+    q_starts: str
+    q_lengths: str
+    kv_starts: str
+    kv_lengths: str
+    flat: str
+
+
+def _expansion(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
     """An If over the placeholder's two cases (names prefixed by its own name and index): samples of one length
     attend batched (`_uniform_branch`), which spares batch 1 the loop's bookkeeping, padding and gather;
     otherwise sample by sample (`_loop_branch`)."""
-    qkv, starts, lengths, flat = node.input
+    io = _Inputs(*node.input)
     scale = next(a.f for a in node.attribute if a.name == "scale")
     p = f"{node.name}_{index}/"
-    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{p}{outs[0]}", **kw)  # noqa: E731
-    nodes = [
-        n("ReduceMax", [lengths], [f"{p}longest"], keepdims=0),
-        n("ReduceMin", [lengths], [f"{p}shortest"], keepdims=0),
-        n("Equal", [f"{p}longest", f"{p}shortest"], [f"{p}uniform"]),
+    n = _node_maker(p)
+    checks = []
+    for name in ("q", "kv"):
+        lengths = getattr(io, f"{name}_lengths")
+        checks += [n("ReduceMax", [lengths], [f"{p}{name}_longest"], keepdims=0),
+                   n("ReduceMin", [lengths], [f"{p}{name}_shortest"], keepdims=0),
+                   n("Equal", [f"{p}{name}_longest", f"{p}{name}_shortest"], [f"{p}{name}_uniform"])]
+    return [
+        *checks,
+        n("And", [f"{p}q_uniform", f"{p}kv_uniform"], [f"{p}uniform"]),
         helper.make_node("If", [f"{p}uniform"], [node.output[0]], name=f"{p}attend",
-                         then_branch=_uniform_branch(f"{p}uniform/", scale, qkv, lengths),
-                         else_branch=_loop_branch(f"{p}loop/", scale, qkv, starts, lengths, flat)),
+                         then_branch=_uniform_branch(f"{p}uniform/", scale, io),
+                         else_branch=_loop_branch(f"{p}loop/", scale, io)),
     ]
-    return nodes, []
 
 
 def placeholders_left(model: onnx.ModelProto) -> int:
@@ -175,9 +205,7 @@ def expand_varlen_attention(model: onnx.ModelProto) -> int:
         if node.domain != DOMAIN or node.op_type != OP_TYPE:
             out_nodes.append(node)
             continue
-        nodes, inits = _expansion(node, count)
-        out_nodes += nodes
-        graph.initializer.extend(inits)
+        out_nodes += _expansion(node, count)
         count += 1
     del graph.node[:]
     graph.node.extend(out_nodes)

@@ -73,16 +73,6 @@ def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = 
     return Layout(valid, index, flat, bias[:, None, :], starts, lengths)
 
 
-def to_padded(rows: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """[R, D] packed rows -> [B, K, D]; padded positions hold a copy of their sample's first row."""
-    return rows[layout.index].reshape(layout.valid.shape[0], -1, rows.shape[-1])
-
-
-def to_packed(padded: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """[B, K, D] -> [R, D]: the valid positions' rows, sample after sample."""
-    return padded.reshape(-1, padded.shape[-1])[layout.flat]
-
-
 def keep_mask(scores: torch.Tensor, threshold: torch.Tensor, min_keep: int) -> torch.Tensor:
     """`token_ops.keep_mask`, with an O(N) top-up for min_keep = 1 (ArgMax takes the first index on ties; NaN ranks
     as -inf there, so it is replaced before the ArgMax, which would otherwise pick it)."""
@@ -93,43 +83,98 @@ def keep_mask(scores: torch.Tensor, threshold: torch.Tensor, min_keep: int) -> t
     return (scores > threshold).scatter(1, best, True)
 
 
-def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int,
-                     want_scores: bool, varlen: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """GatedAttention.forward_gated at inference (no gates), with qkv and proj on packed rows.
+class Context(NamedTuple):
+    """Context mode: the dropped tokens, kept as frozen keys and values of every later attention, as packed rows."""
+
+    rows: torch.Tensor  # [Rc, C]: each sample's dropped tokens (as they were when dropped), sample after sample
+    layout: Layout  # where each sample's context rows are
+    keys: torch.Tensor  # [R + Rc] int64: rows of cat([kept rows, context rows]) in key order, sample after sample:
+    # the sample's kept tokens, then its context (own keys first, so they sit where its queries sit)
+    key_layout: Layout  # where each sample's keys are in that order
+
+
+def packed_width(lengths: torch.Tensor, least: int = 0) -> int:
+    """max(lengths) as a size the exporter treats as data-dependent (at least `least`)."""
+    width = lengths.max().item()
+    torch._check(width >= least)
+    return width
+
+
+def interleave(first: Layout, second: Layout, first_rows: int) -> torch.Tensor:
+    """Rows of cat([A, B]) (A and B packed, `first_rows` rows in A), sample after sample: the sample's rows of A,
+    then its rows of B."""
+    batch = first.valid.shape[0]
+    source = torch.cat([first.index.reshape(batch, first.valid.shape[1]),
+                        first_rows + second.index.reshape(batch, second.valid.shape[1])], dim=1)
+    valid = torch.cat([first.valid, second.valid], dim=1)
+    return source.reshape(-1)[valid.reshape(-1).nonzero().squeeze(1)]
+
+
+def with_keys(rows: torch.Tensor, context_rows: torch.Tensor, context_layout: Layout, layout: Layout) -> Context:
+    """A stage's context plus the key order of its blocks (`Context.keys`)."""
+    keys = interleave(layout, context_layout, rows.shape[0])
+    key_lengths = layout.lengths + context_layout.lengths
+    key_layout = layout_from_lengths(key_lengths, packed_width(key_lengths, 1), rows.dtype)
+    return Context(context_rows, context_layout, keys, key_layout)
+
+
+def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
+                     varlen: bool, context: Optional[Context] = None,
+                     context_h: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """GatedAttention.forward_gated at inference (no gates), with the projections on packed rows.
 
     The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows). With `varlen`, a
-    layer that does not score attends sample by sample (`varlen.varlen_attention`: no padding). Otherwise the
-    per-sample view is gathered head-first ([3, H, B, K, d]), so attention runs on [H, B, K, d] and nothing of size
-    B * K is transposed: with a batch, K is the largest kept count and B * K exceeds R by the padding (40%+ on
-    DeiT-S). A scoring layer keeps that view: its class-attention row feeds the [B, K] scores of the next stage."""
-    batch = layout.valid.shape[0]
-    qkv = attn.qkv(h).reshape(-1, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)
+    layer that does not score attends sample by sample (`varlen_op.varlen_attention`: no padding). Otherwise the
+    per-sample view is gathered head-first ([H, B, K, d]), so nothing of size B * K is transposed: with a batch, K is
+    the largest kept count and B * K exceeds R by the padding. A scoring layer keeps that view: its class-attention
+    row feeds the [B, K] scores of the next stage.
+
+    With a `context` (its rows normalised: `context_h`), the keys and values of sample b are its own tokens', then
+    its context rows' (one K/V product over both, as `GatedAttention._with_context`); only its own tokens query and
+    are scored."""
+    heads, dim = attn.num_heads, attn.head_dim
+    if context is None:
+        qkv = attn.qkv(h).reshape(-1, 3, heads, dim).permute(1, 2, 0, 3)  # [3, H, R, d]
+        q, kv, key_layout = qkv[0], qkv[1:], layout
+    else:
+        weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
+        q = F.linear(h, weight[:split], None if bias is None else bias[:split]).reshape(-1, heads, dim)
+        q = q.permute(1, 0, 2)
+        both = torch.cat([h, context_h], dim=0)[context.keys]
+        kv = F.linear(both, weight[split:], None if bias is None else bias[split:])
+        kv = kv.reshape(-1, 2, heads, dim).permute(1, 2, 0, 3)  # [2, H, Rk, d]
+        key_layout = context.key_layout
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if varlen and not want_scores and plain_qk:
-        out = varlen_attention(qkv, layout.starts, layout.lengths, layout.flat, attn.scale)
+        out = varlen_attention(q, kv, layout.starts, layout.lengths, key_layout.starts, key_layout.lengths,
+                               layout.flat, attn.scale)
         return attn.proj_drop(attn.proj(out)), None
-    qkv = qkv.index_select(2, layout.index).reshape(3, attn.num_heads, batch, -1, attn.head_dim)
-    q, k, v = qkv.unbind(0)
+    batch = layout.valid.shape[0]
+    q = q.index_select(1, layout.index).reshape(heads, batch, -1, dim)
+    k, v = kv.index_select(2, key_layout.index).reshape(2, heads, batch, -1, dim).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    bias = layout.bias.to(q.dtype)
+    key_bias = key_layout.bias.to(q.dtype)
     scores = None
     if want_scores:  # the class row of this layer's own attention (token_ops.attention_with_class_row)
-        out, weights_attn, head_out = token_ops.attention_with_class_row(q, k, v, attn.scale, key_bias=bias,
+        out, weights_attn, head_out = token_ops.attention_with_class_row(q, k, v, attn.scale, key_bias=key_bias,
                                                                          heads_first=True)
-        scores = token_ops.token_scores(weights_attn, token_ops.head_importance(head_out), num_prefix, layout.valid)
+        own = weights_attn[..., :layout.valid.shape[1]]  # a sample's own keys come first (positions < its length)
+        scores = token_ops.token_scores(own, token_ops.head_importance(head_out), num_prefix, layout.valid)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    out = out.reshape(attn.num_heads, -1, attn.head_dim).index_select(1, layout.flat)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
+    out = out.reshape(heads, -1, dim).index_select(1, layout.flat)
     out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores
 
 
-def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_prefix: int,
-                 want_scores: bool, varlen: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
+                 varlen: bool, context: Optional[Context] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GatedBlock.forward_gated at inference on packed rows; removed sub-blocks (None) are skipped as there."""
     scores = None
     if block.attn is not None:
-        a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores, varlen)
+        context_h = None if context is None else block.norm1(context.rows)
+        a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores, varlen,
+                                     context, context_h)
         rows = rows + block.drop_path1(block.ls1(a))
     if block.mlp is not None:
         rows = rows + block.drop_path2(block.ls2(block.mlp(block.norm2(rows))))
@@ -149,9 +194,6 @@ class PackedForward(nn.Module):
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
         if not model.stages:
             raise ValueError("the packed layout needs at least one token stage")
-        if model.dropped_tokens != "discard":
-            raise ValueError("the packed layout discards dropped tokens; a model that keeps them as context runs "
-                             "padded")
         self.model, self.varlen = model, varlen
         self.eval()  # inference only: dropout and drop-path off, and the exporter sees eval mode
 
@@ -163,26 +205,44 @@ class PackedForward(nn.Module):
         for i in range(stages[0]):  # every token is kept before the first stage: the plain dense layout
             x, scores = blocks[i].forward_gated(x, None, None, m.block_gates(i, x[:, 0], None), prefix,
                                                 want_scores=i in m.score_layers)
-        rows, layout, kept = x.reshape(-1, x.shape[-1]), None, []
+        rows, layout, context, kept = x.reshape(-1, x.shape[-1]), None, None, []
         for i in range(stages[0], len(blocks)):
             if i in stages:
-                rows, layout, lengths = self._select(rows, layout, scores, stages.index(i))
+                rows, layout, context, lengths = self._select(rows, layout, scores, stages.index(i), context)
                 kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
-                                        varlen=self.varlen)
+                                        varlen=self.varlen, context=context)
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
-    def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor,
-                stage: int) -> tuple[torch.Tensor, Layout, torch.Tensor]:
-        """Keep the stage's tokens: new packed rows, their layout and each sample's token count."""
+    def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
+                context: Optional[Context]) -> tuple[torch.Tensor, Layout, Optional[Context], torch.Tensor]:
+        """Keep the stage's tokens: new packed rows, their layout, the context (context mode: grown by the tokens
+        this stage drops) and each sample's token count."""
         m = self.model
         batch = scores.shape[0]
         keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
-        mask = torch.cat([keep.new_ones(batch, m.num_prefix), keep], dim=1)  # positions of the per-sample view
+        prefix = keep.new_ones(batch, m.num_prefix)
+        mask = torch.cat([prefix, keep], dim=1)  # positions of the per-sample view
         chosen = mask.reshape(-1).nonzero().squeeze(1)
         source = chosen if layout is None else layout.index[chosen]
         lengths = mask.sum(dim=1)
-        width = lengths.max().item()  # a data-dependent size, as in select_op's native flavor
-        torch._check(width >= m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
+        width = packed_width(lengths, m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
         torch._check(width <= mask.shape[1])
-        return rows[source], layout_from_lengths(lengths, width, rows.dtype), lengths
+        new_layout = layout_from_lengths(lengths, width, rows.dtype)
+        if m.dropped_tokens != "context":
+            return rows[source], new_layout, None, lengths
+        present = torch.ones_like(mask) if layout is None else layout.valid
+        dropped = present & torch.cat([prefix.logical_not(), keep.logical_not()], dim=1)
+        taken = dropped.reshape(-1).nonzero().squeeze(1)
+        dropped_rows = rows[taken if layout is None else layout.index[taken]]
+        dropped_lengths = dropped.sum(dim=1)
+        if context is None:
+            context_rows, context_lengths = dropped_rows, dropped_lengths
+        else:
+            dropped_layout = layout_from_lengths(dropped_lengths, packed_width(dropped_lengths), rows.dtype)
+            merged = interleave(context.layout, dropped_layout, context.rows.shape[0])
+            context_rows = torch.cat([context.rows, dropped_rows], dim=0)[merged]
+            context_lengths = context.layout.lengths + dropped_lengths
+        context_layout = layout_from_lengths(context_lengths, packed_width(context_lengths), rows.dtype)
+        kept_rows = rows[source]
+        return kept_rows, new_layout, with_keys(kept_rows, context_rows, context_layout, new_layout), lengths

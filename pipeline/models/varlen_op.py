@@ -11,27 +11,32 @@ import torch.nn.functional as F
 
 
 @torch.library.custom_op("tokengate::varlen_attention", mutates_args=())
-def varlen_attention(qkv: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, flat: torch.Tensor,
+def varlen_attention(q: torch.Tensor, kv: torch.Tensor, q_starts: torch.Tensor, q_lengths: torch.Tensor,
+                     kv_starts: torch.Tensor, kv_lengths: torch.Tensor, flat: torch.Tensor,
                      scale: float) -> torch.Tensor:
-    """Attention of each sample over its own rows.
+    """Attention of each sample's query rows over its own key/value rows.
 
     Args:
-        qkv: [3, H, R, d] packed rows of the batch (sample after sample), heads split off.
-        starts, lengths: [B] int64: sample b owns rows starts[b] .. starts[b] + lengths[b].
-        flat: [R] int64, each packed row's position b * K + j in the padded [B, K] view, K = max(lengths) (the
+        q: [H, R, d] packed query rows of the batch (sample after sample), heads split off.
+        kv: [2, H, Rk, d] packed key and value rows: the query rows' own, then (context mode) the sample's context.
+        q_starts, q_lengths: [B] int64: sample b's queries are rows q_starts[b] .. q_starts[b] + q_lengths[b].
+        kv_starts, kv_lengths: [B] int64: the same for its keys and values.
+        flat: [R] int64, each query row's position b * K + j in the padded [B, K] view, K = max(q_lengths) (the
             packed layout's `flat`); a layout of another width would misplace rows here as in the ONNX Loop.
     Returns:
-        [R, H * d]: each row's attention output, heads concatenated.
+        [R, H * d]: each query row's attention output, heads concatenated.
     """
-    width = int(lengths.max()) if lengths.numel() else 0
-    padded = qkv.new_zeros(lengths.numel() * width, qkv.shape[1] * qkv.shape[3])
-    for b, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        q, k, v = qkv[:, :, start:start + length].unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [H, L, d]
+    width = int(q_lengths.max()) if q_lengths.numel() else 0
+    padded = q.new_zeros(q_lengths.numel() * width, q.shape[0] * q.shape[2])
+    for b in range(q_lengths.numel()):
+        start, length = int(q_starts[b]), int(q_lengths[b])
+        kv_start, kv_length = int(kv_starts[b]), int(kv_lengths[b])
+        k, v = kv[:, :, kv_start:kv_start + kv_length].unbind(0)
+        out = F.scaled_dot_product_attention(q[:, start:start + length], k, v, scale=scale)  # [H, L, d]
         padded[b * width:b * width + length] = out.transpose(0, 1).reshape(length, -1)
     return padded[flat]
 
 
 @varlen_attention.register_fake
-def _varlen_attention_fake(qkv, starts, lengths, flat, scale):
-    return qkv.new_empty(qkv.shape[2], qkv.shape[1] * qkv.shape[3])
+def _varlen_attention_fake(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale):
+    return q.new_empty(q.shape[1], q.shape[0] * q.shape[2])

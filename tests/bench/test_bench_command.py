@@ -138,17 +138,3 @@ def test_bench_of_a_config_writes_a_run_and_reuses_it(tmp_path, fmnist_root):
     assert (run / "student.safetensors").stat().st_mtime_ns == written
     assert second["files"] == report["files"]
     assert report["top1_source"].startswith("null")
-
-
-def test_context_runs_have_no_packed_flavor(tmp_path, fmnist_root, capsys):
-    """The packed layout discards dropped tokens: a context run benches its other flavors, and refuses packed."""
-    from pipeline.bench.run import choose_flavors
-    from pipeline.export.run_export import run_flavors
-    from pipeline.models import load_student
-
-    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3], "init_threshold": 1.0, "dropped_tokens": "context"})
-    run = make_run(tmp_path / "run", cfg)
-    expressible = run_flavors(load_student(run))
-    assert choose_flavors("ort-cpu", None, expressible, show=False) == ("native", "plugin", "capped")
-    assert main(["bench", str(run), "--flavors", "packed", "--json", str(tmp_path / "b.json")]) == 2
-    assert "dropped_tokens: context has no packed layout" in capsys.readouterr().err

@@ -34,8 +34,8 @@ def exported(request, tmp_path_factory, fmnist_root):
              "dropped_tokens": "context" if request.param in CONTEXT else "discard"}
     cfg = tiny_config(fmnist_root, model=ARCHS[request.param], gates=gates)
     run = make_run(tmp_path_factory.mktemp(request.param), cfg)
-    paths = export_run(run)  # `--flavor all`: packed too, except in context mode
-    assert ("packed" in paths) == (request.param not in CONTEXT)
+    paths = export_run(run)  # `--flavor all`
+    assert set(paths) == {"plugin", "native", "capped", "packed", "dense"}
     return cfg, run, paths
 
 
@@ -110,8 +110,6 @@ def test_every_export_records_its_passes(exported):
 @pytest.mark.parametrize("flavor", ["native", "capped", "packed", "dense"])
 def test_onnxruntime_matches_pytorch(exported, flavor):
     cfg, run, paths = exported
-    if flavor not in paths:
-        pytest.skip(f"{flavor} is not exported for this run (context mode has no packed layout)")
     model = load_student(run) if flavor != "dense" else None
     if flavor == "capped":  # random images keep more than validation images: compare capped with capped
         model.set_select("capped", read_info(paths["capped"]).caps)
@@ -138,8 +136,6 @@ def test_capped_limits_come_from_validation_data(exported):
 def test_packed_is_batch_invariant(exported):
     """Shuffled batches of 1, 2, 7 against batch 1 (num_prefix 2 for the distilled DeiT): within 1e-5, no flips."""
     cfg, _, paths = exported
-    if "packed" not in paths:
-        pytest.skip("context mode has no packed layout")
     session = _session(paths["packed"])
     images = torch.randn(14, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size,
                          generator=torch.Generator().manual_seed(5)).numpy()
@@ -177,7 +173,6 @@ def test_bad_export_requests(tmp_path, tiny_run, fmnist_root):
 @pytest.mark.parametrize("gates,flavor,message", [
     ({"dynamic": "group"}, "packed", "group-level dynamic gates"),
     ({"token_stages": []}, "packed", "no token stages"),
-    ({"dropped_tokens": "context"}, "packed", "keeps them as context"),
 ])
 def test_impossible_flavors_are_refused_before_any_file(tmp_path, fmnist_root, gates, flavor, message):
     """One clear line each, checked for every flavor asked before the first file is written (dense comes first)."""
@@ -208,7 +203,7 @@ def test_weights_are_stored_once_and_read_straight(exported):
     embedding), plus small index constants."""
     _, run, paths = exported
     params = sum(p.numel() for p in load_student(run).parameters())
-    for flavor in ("plugin", "native", "capped"):
+    for flavor in ("plugin", "native", "capped", "packed"):
         model = onnx.load(str(paths[flavor]))
         weights = {t.name: t for t in model.graph.initializer}
         views = [n.name for n in model.graph.node if n.op_type in ("Transpose", "Slice") and n.input[0] in weights]

@@ -41,6 +41,13 @@ def sliced_gated(fmnist_root):
     return GatedViT(vit, stages=(1, 3), init_threshold=1.0).eval()
 
 
+def with_context(model: GatedViT) -> GatedViT:
+    """The same network and thresholds, keeping dropped tokens as context."""
+    out = GatedViT(copy.deepcopy(model.vit), stages=model.stages, dropped_tokens="context").eval()
+    out.thresholds.data.copy_(model.thresholds.data)
+    return out
+
+
 def test_keep_mask_argmax_top_up_equals_the_ranking():
     scores = torch.tensor([[0.2, 0.9, 0.9, -float("inf")], [float("nan"), 0.1, 0.3, 0.3],
                            [-float("inf"), -float("inf"), 0.5, 0.5], [float("nan")] * 4])
@@ -51,8 +58,10 @@ def test_keep_mask_argmax_top_up_equals_the_ranking():
 
 
 @pytest.mark.parametrize("varlen", [True, False])
-def test_packed_equals_forward_dropped(sliced_gated, varlen):
-    model = sliced_gated
+@pytest.mark.parametrize("dropped", ["discard", "context"])
+def test_packed_equals_forward_dropped(sliced_gated, varlen, dropped):
+    """Context mode: each sample's context rows are its own dropped tokens, as GatedViT's padded context holds."""
+    model = sliced_gated if dropped == "discard" else with_context(sliced_gated)
     images = torch.randn(9, 1, 28, 28)
     with torch.no_grad():
         logits, kept = model.forward_dropped(images)
@@ -62,6 +71,9 @@ def test_packed_equals_forward_dropped(sliced_gated, varlen):
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
     assert (singles - packed_logits).abs().max() <= TOL  # batch invariance
+    if dropped == "context":  # the context really is read: without it the logits move
+        with torch.no_grad():
+            assert (sliced_gated.forward_dropped(images)[0] - logits).abs().max() > 1e-3
 
 
 def test_class_attention_key_bias_matches_the_mask():
@@ -92,7 +104,8 @@ def long_gated(fmnist_root):
     return cfg, GatedViT(vit, stages=(1, 3), init_threshold=1.0).eval()
 
 
-def test_packed_export_attends_per_sample(long_gated, tmp_path):
+@pytest.mark.parametrize("dropped", ["discard", "context"])
+def test_packed_export_attends_per_sample(long_gated, tmp_path, dropped):
     """The exported packed graph: one If (batched attention when all samples keep as many tokens, else a Loop over
     the samples) per attention that does not score (blocks 1 and 3 of 4: blocks 0 and 2 score the stages), no
     placeholder left, the passes recorded, same logits and kept tokens as forward_dropped, batch invariant (batch 1
@@ -105,6 +118,7 @@ def test_packed_export_attends_per_sample(long_gated, tmp_path):
     from pipeline.runners.ort_runner import OrtRunner
 
     cfg, model = long_gated
+    model = model if dropped == "discard" else with_context(model)
     path = export_onnx(model, "packed", tmp_path / "model.packed.onnx", ExportInfo.of(model, cfg, "packed", tmp_path, 20))
     graph = onnx.load(str(path), load_external_data=False)
     attention = [n for n in graph.graph.node if n.op_type == "If"]
