@@ -16,6 +16,7 @@ import onnx
 
 from calib.quantize import cpu_session
 from calib.selection_path import selection_nodes
+from pipeline.contract import DOMAIN
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _with_topk_outputs(path: Path, folder: Path) -> tuple[Path, list[str]]:
     nodes: they hide the kept compaction, and a TopK beside them compacts the context."""
     model = onnx.load(str(path))
     chosen = set(selection_nodes(model))
-    fused = any(n.domain == "tokengate" for n in model.graph.node)
+    fused = any(n.domain == DOMAIN for n in model.graph.node)
     names = [] if fused else [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))

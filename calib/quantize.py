@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import atomic_path
+from pipeline.contract import DOMAIN
 from pipeline.errors import fail
 from pipeline.export import schema
 from pipeline.export.graph import constant_names
@@ -114,7 +115,7 @@ def cpu_session(path: Path) -> Any:
         return ort_session(path, device="cpu")
     import onnxruntime as ort
 
-    if any(n.domain == "tokengate" for n in onnx.load(str(path), load_external_data=False).graph.node):
+    if any(n.domain == DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node):
         raise fail("this build cannot run the plugin flavor's TokenSelect in ONNX Runtime",
                    "quantize model.native.onnx or model.capped.onnx instead")
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -17,9 +17,9 @@ from collections import defaultdict
 
 import onnx
 
+from pipeline.contract import DOMAIN as CUSTOM_DOMAIN
 from pipeline.export.graph import constant_names
 
-CUSTOM_DOMAIN = "tokengate"
 # Inputs that steer a node (indices, conditions, shapes, axes, counts) rather than carry the values it computes on.
 INDEX_INPUTS: dict[str, frozenset[int]] = {
     "Gather": frozenset({1}), "GatherElements": frozenset({1}), "GatherND": frozenset({1}),

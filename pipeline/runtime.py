@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from pipeline.contract import DOMAIN as CUSTOM_DOMAIN
 from pipeline.errors import fail
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-CUSTOM_DOMAIN = "tokengate"
 # Flavors with the same meaning as the plugin flavor in standard ops, best first: native keeps the adaptive K,
 # capped truncates samples above its per-stage cap (its metadata records how often that happened).
 STANDARD_SIBLINGS = ("native", "capped")

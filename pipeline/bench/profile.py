@@ -23,16 +23,16 @@ import numpy as np
 import onnx
 
 from pipeline.bench.region_time import RegionTimes, time_regions
-from pipeline.runners.ort_runner import OrtRunner
+from pipeline.contract import DOMAIN as CUSTOM_DOMAIN
 from pipeline.errors import fail
 from pipeline.export.graph import constant_names, node_reads
+from pipeline.runners.ort_runner import OrtRunner
 
 GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
                       "Constant", "ConstantOfShape", "Cast", "Transpose", "Identity"})
 NORM_OPS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                       "SkipSimplifiedLayerNormalization"})
 BLOCK_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Einsum"}) | NORM_OPS
-CUSTOM_DOMAIN = "tokengate"
 
 
 @dataclass

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from pipeline.runners.ort_runner import OrtRunner
 from pipeline.errors import fail
 from pipeline.export.graph import node_reads
+from pipeline.runners.ort_runner import OrtRunner
 
 
 @dataclass

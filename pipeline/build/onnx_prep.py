@@ -25,12 +25,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from pipeline.contract import DOMAIN, OP_TYPE, VERSION
 from pipeline.errors import fail
 from pipeline.export.graph import constant_names
 
-DOMAIN = "tokengate"
-OP_TYPE = "TokenSelect"
-PLUGIN_VERSION = "1"
+PLUGIN_VERSION = str(VERSION)
 K_SUFFIX = "__k"
 MAX_TOKENS = "max_tokens"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

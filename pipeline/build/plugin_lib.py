@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.contract import DOMAIN, OP_TYPE, VERSION
 from pipeline.errors import fail
 
 LIBRARY_NAME = "libtokengate_plugins.so"
 DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "plugins" / "build" / LIBRARY_NAME
 ABI_VERSION = 1  # TOKENGATE_KERNELS_ABI_VERSION in plugins/tokenSelect/tokenSelectKernel.h
-PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "TokenSelect", "1", "tokengate"
+PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = OP_TYPE, str(VERSION), DOMAIN  # the plugin's registry keys
 BUILD_HINT = "build it with `make plugins TensorRT_ROOT=/path/to/TensorRT` (needs nvcc, CMake and TensorRT's headers)"
 
 _registered: dict[str, Any] = {}  # resolved path -> the registry's library handle, kept alive for the process

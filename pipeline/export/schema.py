@@ -5,9 +5,7 @@ import onnx
 import onnxscript
 from onnx import defs
 
-DOMAIN = "tokengate"
-OP_TYPE = "TokenSelect"
-VERSION = 1
+from pipeline.contract import DOMAIN, OP_TYPE, VERSION
 
 _Param = defs.OpSchema.FormalParameter
 _Attr = defs.OpSchema.Attribute

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.contract import OP_TYPE
+
 
 def _session(path: Path, library: str, threads: int, profile: bool = False):
     import onnxruntime as ort
@@ -46,7 +48,7 @@ def op_share(path: Path, library: str, threads: int, feed: dict, runs: int) -> t
     trace.unlink()
     total = sum(e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
     ours = [e["dur"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-            and e.get("args", {}).get("op_name") == "TokenSelect"]
+            and e.get("args", {}).get("op_name") == OP_TYPE]
     return sum(ours) / total, statistics.median(ours)
 
 

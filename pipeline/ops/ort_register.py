@@ -24,7 +24,7 @@ _library: Optional[str] = None
 
 def op_name() -> str:
     """"tokengate::TokenSelect": onnxruntime-extensions reads the domain from the part before '::'."""
-    from pipeline.export.schema import DOMAIN, OP_TYPE
+    from pipeline.contract import DOMAIN, OP_TYPE
 
     return f"{DOMAIN}::{OP_TYPE}"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.bench.report import round_speedups, rows_and_speedups
-from pipeline.runners.base import RunnerOutput
 from pipeline.bench.timing import Timings, batch_at, batches_per_round, mean_over_timed, run_rounds, timed_images
+from pipeline.runners.base import RunnerOutput
 
 
 class Recorder:
