@@ -13,7 +13,6 @@ schedule) is reported too.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -68,15 +67,15 @@ def counts_for(profile: tuple[float, ...], knob: float, num_patches: int) -> tup
 
 
 def fixed_model(model: GatedViT, counts: tuple[int, ...]) -> GatedViT:
-    """A copy of `model` that keeps exactly counts[s] patches at stage s (the thresholds are ignored)."""
-    return copy.deepcopy(model).set_select("fixed", caps=list(counts))
+    """`model` (the same parameters) keeping exactly counts[s] patches at stage s (the thresholds are ignored)."""
+    return model.with_inference("fixed", counts)
 
 
 class FixedRateSearch:
     def __init__(self, model: GatedViT, images: torch.Tensor, dense_logits: torch.Tensor, reference_macs: float,
                  batch_size: int = 256):
-        self.model = fixed_model(model, tuple([model.geometry().num_patches] * len(model.stages)))
-        self.forward = StagedForward(self.model, images, batch_size)
+        self.model = model
+        self.forward = StagedForward(model, images, batch_size)
         self.dense_logits = dense_logits
         self.reference = reference_macs
         self.num_patches = self.model.geometry().num_patches
@@ -113,8 +112,7 @@ class FixedRateSearch:
         return max(MATCH_TOLERANCE, (self.ratio(tuple(full)) - self.ratio(tuple(one_less))) / 2 + 1e-9)
 
     def measure(self, counts: tuple[int, ...]) -> FixedTrial:
-        self.model.set_select("fixed", caps=list(counts))
-        out = self.forward.run(lambda s, pooled: 0.0)
+        out = self.forward.run(lambda s, pooled: 0.0, fixed_model(self.model, counts))
         previous = [self.num_patches, *counts[:-1]]
         return FixedTrial(counts=counts, rates=tuple(k / p for k, p in zip(counts, previous)),
                           ratio=self.ratio(counts), kl=kl_to_dense(out.logits, self.dense_logits),

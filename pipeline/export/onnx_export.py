@@ -93,8 +93,9 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
         varlen.register_schema()
         translations = dict(varlen.TRANSLATION)
     elif flavor != "dense":
-        model.set_select({"plugin": "op", "native": "native", "capped": "capped"}[flavor], caps)
-        model.share_score_attention(flavor not in TENSORRT_FLAVORS)
+        model = model.with_inference({"plugin": "op", "native": "native", "capped": "capped"}[flavor], caps,
+                                     shared_scores=flavor not in TENSORRT_FLAVORS)
+        forward = model.forward_dropped
     schema.register_schema()
     images = torch.randn(2, *info.input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)

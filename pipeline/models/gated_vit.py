@@ -72,6 +72,34 @@ class Structure:
         return Structure(tuple(int(h) for h in data["heads"]), tuple(int(m) for m in data["mlp_hidden"]))
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How `forward_dropped` drops tokens: one frozen value per graph, never state that a previous call left behind.
+
+    select: the custom op, standard ops, standard ops with a static K (`caps`: patch tokens kept at most per stage),
+        or the fixed-count baseline (`caps`: patch tokens kept per stage); see select_op.SELECT_IMPLS.
+    shared_scores: scoring layers read the class row off their own attention (one pass, the fewest nodes: what ONNX
+        Runtime wants), or run a separate class-token pass, which leaves each attention a plain
+        MatMul-Softmax-MatMul with one consumer: the pattern TensorRT fuses into a single attention kernel. Same
+        values either way (to float rounding); the MACs model counts the shared form.
+    """
+
+    select: str = "op"
+    caps: Optional[tuple[int, ...]] = None
+    shared_scores: bool = True
+
+    def check(self, stages: Sequence[int]) -> "Inference":
+        if self.select not in SELECT_IMPLS:
+            raise fail(f"unknown selection {self.select!r}", f"use one of {list(SELECT_IMPLS)}")
+        caps = self.caps
+        if self.select in ("capped", "fixed") and (caps is None or len(caps) != len(stages)):
+            raise fail(f"the {self.select} selection needs one patch count per stage", "pass caps=[K1, K2, ...]")
+        if self.select == "fixed" and any(later > earlier for earlier, later in zip(caps, caps[1:])):
+            raise fail(f"fixed counts {list(caps)} grow from one stage to the next, but a stage can only keep tokens "
+                       "the one before it kept", "pass non-increasing counts, e.g. [30, 15, 8]")
+        return self
+
+
 class MaskedStats(NamedTuple):
     """What the budget loss needs from a training forward."""
 
@@ -117,8 +145,7 @@ class GatedViT(nn.Module):
             StaticGates(structure.heads, structure.mlp_hidden, self.score_layers, static_init) if static_gates else None
         )
         self.group_gates = GroupGates(vit.embed_dim, structure.heads, self.score_layers) if dynamic == "group" else None
-        self.select_impl = "op"  # how forward_dropped drops tokens: see select_op.SELECT_IMPLS
-        self.caps: Optional[tuple[int, ...]] = None  # per-stage patch counts for the capped / fixed selections
+        self.inference = Inference()  # how forward_dropped drops tokens; `with_inference` gives other views
 
     # ---- description ---------------------------------------------------------------------------------------
     @property
@@ -144,29 +171,14 @@ class GatedViT(nn.Module):
             heads=s.heads, mlp_hidden=s.mlp_hidden,
         )
 
-    def set_select(self, impl: str, caps: Optional[Sequence[int]] = None) -> "GatedViT":
-        """Choose how inference drops tokens: the custom op, standard ops, standard ops with a static K (`caps`:
-        patch tokens kept at most per stage), or the fixed-count baseline (`caps`: patch tokens kept per stage)."""
-        if impl not in SELECT_IMPLS:
-            raise fail(f"unknown selection {impl!r}", f"use one of {list(SELECT_IMPLS)}")
-        if impl in ("capped", "fixed") and (caps is None or len(caps) != len(self.stages)):
-            raise fail(f"the {impl} selection needs one patch count per stage", "pass caps=[K1, K2, ...]")
-        if impl == "fixed" and any(later > earlier for earlier, later in zip(caps, caps[1:])):
-            raise fail(f"fixed counts {list(caps)} grow from one stage to the next, but a stage can only keep tokens "
-                       "the one before it kept", "pass non-increasing counts, e.g. [30, 15, 8]")
-        self.select_impl, self.caps = impl, None if caps is None else tuple(int(c) for c in caps)
-        return self
-
-    def share_score_attention(self, shared: bool) -> "GatedViT":
-        """At inference, scoring layers read the class row off their own attention (`shared`: one pass, the fewest
-        nodes, what ONNX Runtime wants), or run a separate class-token pass, which leaves each attention a plain
-        MatMul-Softmax-MatMul with one consumer: the pattern TensorRT fuses into a single attention kernel. Same values
-        either way (to float rounding); the MACs model counts the shared form (the separate pass adds 2 N d per
-        head, about 0.1% of a DeiT)."""
-        for block in self.vit.blocks:
-            if block.attn is not None:
-                block.attn.shared_scores = shared
-        return self
+    def with_inference(self, select: str = "op", caps: Optional[Sequence[int]] = None,
+                       shared_scores: bool = True) -> "GatedViT":
+        """This model (the same parameters, not a copy of them) under another `Inference`; `self` is unchanged, so
+        what a graph computes never depends on what was exported or evaluated before."""
+        view = copy.copy(self)
+        view.inference = Inference(select, None if caps is None else tuple(int(c) for c in caps),
+                                   shared_scores).check(self.stages)
+        return view
 
     # ---- shared pieces -------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -242,7 +254,8 @@ class GatedViT(nn.Module):
             gates = self.block_gates(i, x[:, 0], None)
             if record_gates is not None:
                 record_gates.append(gates)
-            x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, i in self.score_layers, context)
+            x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, i in self.score_layers, context,
+                                            shared_scores=self.inference.shared_scores)
         lengths = torch.stack(kept, dim=1) if kept else torch.zeros(x.shape[0], 0, dtype=torch.int32, device=x.device)
         return self.head(x), lengths
 
@@ -251,15 +264,15 @@ class GatedViT(nn.Module):
                      threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[Context]]:
         """One pruning stage of `forward_dropped`: the kept tokens [B, K, C], their lengths [B] (prefix included) and,
         with `dropped_tokens == "context"`, the context grown by the valid tokens this stage dropped."""
-        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.select_impl,
+        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.inference.select,
                                       self._stage_cap(stage))
         if self.dropped_tokens != "context":
             return kept, lengths, None
         dropped = self.stage_keep_mask(stage, scores, threshold).logical_not()
         if valid is not None:
             dropped = dropped & valid[:, self.num_prefix:]
-        caps = None if self.caps is None else self.caps[:stage + 1]
-        size = context_size(self.select_impl, self.geometry().num_patches, self.min_keep, caps)
+        caps = None if self.inference.caps is None else self.inference.caps[:stage + 1]
+        size = context_size(self.inference.select, self.geometry().num_patches, self.min_keep, caps)
         tokens, context_valid = token_ops.add_to_context(
             None if context is None else context.tokens, None if context is None else context.valid,
             x[:, self.num_prefix:], dropped, size)
@@ -267,10 +280,10 @@ class GatedViT(nn.Module):
 
     def stage_keep_mask(self, stage: int, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         """[B, K] bool: the patch tokens `select_stage` keeps at `stage` (the selection's own rule and cap)."""
-        return kept_mask(scores, threshold, self.min_keep, self.select_impl, self._stage_cap(stage))
+        return kept_mask(scores, threshold, self.min_keep, self.inference.select, self._stage_cap(stage))
 
     def _stage_cap(self, stage: int) -> Optional[int]:
-        return None if self.caps is None else self.caps[stage]
+        return None if self.inference.caps is None else self.inference.caps[stage]
 
     # ---- cost ----------------------------------------------------------------------------------------------
     def macs(self, tokens: torch.Tensor, gates: Optional[Sequence[BlockGates]] = None) -> torch.Tensor:

@@ -37,10 +37,6 @@ class Context(NamedTuple):
 class GatedAttention(Attention):
     """timm Attention that masks invalid keys, gates heads, and can return class-attention token scores."""
 
-    # At inference, read the scores' class row off this attention (one pass) rather than a separate class-token pass;
-    # GatedViT.share_score_attention sets it per exported graph.
-    shared_scores: bool = True
-
     def forward_gated(
         self,
         x: torch.Tensor,
@@ -51,8 +47,12 @@ class GatedAttention(Attention):
         want_scores: bool = False,
         context: Optional[Context] = None,
         score_valid: Optional[torch.Tensor] = None,
+        shared_scores: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns the attention output and, if asked, the [B, N - P] token scores from the class row.
+
+        `shared_scores`: at inference, read the scores' class row off this attention (one pass) rather than a
+        separate class-token pass (`gated_vit.Inference`).
 
         `context` (already normalised) adds keys and values before x's own (its size is static, so x's keys sit at
         the same positions at any batch composition); only x's tokens are scored, those of
@@ -70,7 +70,7 @@ class GatedAttention(Attention):
         q, k = self.q_norm(q), self.k_norm(k)
         if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
             v = v * value_gate[:, None, :, None]
-        out, attn, head_out = self._attend(q, k, v, attn_valid, want_scores)
+        out, attn, head_out = self._attend(q, k, v, attn_valid, want_scores, shared_scores)
         scores = None
         if want_scores:
             gate = None if head_gate is None else head_gate.detach()
@@ -97,12 +97,12 @@ class GatedAttention(Attention):
         return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
-                want_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+                want_scores: bool, shared_scores: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Attention output and, if scores are wanted, the class row and each head's class-token output, detached
         (the scores pass no gradient into q, k, v). Inference reads them off this attention in one pass
         (`token_ops.attention_with_class_row`) unless `shared_scores` is off; training keeps the fused kernel and a
         separate class-token pass."""
-        if want_scores and not self.training and self.shared_scores:
+        if want_scores and not self.training and shared_scores:
             out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
             return out, attn.detach(), head_out.detach()
         out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
@@ -134,14 +134,16 @@ class GatedBlock(Block):
         context: Optional[Context] = None,
         update_gate: Optional[torch.Tensor] = None,
         score_valid: Optional[torch.Tensor] = None,
+        shared_scores: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`context`: frozen tokens the attention also reads; `update_gate` ([B, N], training with context): how much
-        of each branch a token takes (0 freezes it); `score_valid`: see `GatedAttention.forward_gated`."""
+        of each branch a token takes (0 freezes it); `score_valid`, `shared_scores`: see
+        `GatedAttention.forward_gated`."""
         scores = None
         if self.attn is not None and not self._skipped(gates.attn):
             normed = None if context is None else Context(self.norm1(context.tokens), context.valid)
             a, scores = self.attn.forward_gated(self.norm1(x), key_valid, value_gate, gates.heads, num_prefix,
-                                                want_scores, normed, score_valid)
+                                                want_scores, normed, score_valid, shared_scores)
             x = x + _per_token(self.drop_path1(_scale(self.ls1(a), gates.attn)), update_gate)
         if self.mlp is not None and not self._skipped(gates.mlp):
             branch = self.ls2(self.mlp.forward_gated(self.norm2(x), gates.channels))

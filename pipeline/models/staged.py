@@ -53,9 +53,13 @@ class StagedForward:
                             for chunk in images.split(batch_size)]
 
     @torch.no_grad()
-    def run(self, rule: ThresholdRule) -> StagedOutput:
-        """Choose each stage's threshold from the pooled scores, drop tokens, and go on to the next stage."""
-        model, stages = self.model, self.model.stages
+    def run(self, rule: ThresholdRule, view: Optional[GatedViT] = None) -> StagedOutput:
+        """Choose each stage's threshold from the pooled scores, drop tokens, and go on to the next stage.
+
+        `view`: the model under another selection (`GatedViT.with_inference`, the same parameters), e.g. the
+        fixed-count baseline; the cached blocks before the first stage are the same for every selection."""
+        model = self.model if view is None else view
+        stages = model.stages
         chunks, thresholds, lengths = self._prefix, [], []
         for s, start in enumerate(stages):
             pooled = torch.cat([c.scores[torch.isfinite(c.scores)] for c in chunks])
@@ -67,20 +71,21 @@ class StagedForward:
             for c in chunks:
                 x, kept, context = model.select_stage(s, c.x, c.valid, c.scores, c.context, theta)
                 valid = key_valid_from_lengths(kept, x.shape[1])
-                next_chunks.append(self._blocks(_Chunk(x, valid, None, context), start, end))
+                next_chunks.append(self._blocks(_Chunk(x, valid, None, context), start, end, model))
                 stage_lengths.append(kept)
             chunks = next_chunks
             lengths.append(torch.cat(stage_lengths))
         logits = torch.cat([model.head(c.x) for c in chunks])
         return StagedOutput(logits, torch.stack(lengths, dim=1), tuple(thresholds))
 
-    def _blocks(self, chunk: _Chunk, start: int, end: int) -> _Chunk:
+    def _blocks(self, chunk: _Chunk, start: int, end: int, model: Optional[GatedViT] = None) -> _Chunk:
         """Blocks [start, end) exactly as forward_dropped runs them; keeps the scores the next stage needs."""
-        model, x, scores = self.model, chunk.x, chunk.scores
+        model, x, scores = model or self.model, chunk.x, chunk.scores
         for i in range(start, end):
             gates = model.block_gates(i, x[:, 0], None)
             x, scores = model.vit.blocks[i].forward_gated(x, chunk.valid, None, gates, model.num_prefix,
-                                                          i in model.score_layers, chunk.context)
+                                                          i in model.score_layers, chunk.context,
+                                                          shared_scores=model.inference.shared_scores)
         return _Chunk(x, chunk.valid, scores, chunk.context)
 
 

@@ -49,7 +49,7 @@ def attention_with_class_row(
     class-token pass: the same values (to float rounding) for about ten fewer nodes per scoring layer in an exported
     graph (DeiT-S: 32 over three), which is what an ONNX Runtime run pays for at batch 1. Training
     keeps the fused kernel and the detached `class_attention` (no gradient from the scores into q, k, v); graphs for
-    TensorRT keep the separate pass too (`GatedViT.share_score_attention`).
+    TensorRT keep the separate pass too (`gated_vit.Inference.shared_scores`).
 
     Args:
         q, k, v: [B, H, N, d] ([H, B, N, d] if heads_first).

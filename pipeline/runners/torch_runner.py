@@ -43,7 +43,7 @@ class TorchRunner:
         self.model_kind = "teacher" if filename == TEACHER_FILE else "student"
         net = load_teacher(run_dir, cfg) if self.model_kind == "teacher" else load_student(run_dir, cfg, filename)
         if caps is not None:
-            net.set_select("capped", caps)
+            net = net.with_inference("capped", caps)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():

@@ -49,7 +49,7 @@ def test_baseline_matches_the_cost_and_keeps_exactly_k(setup, target, mode):
     expected = torch.tensor([student.num_prefix + k for k in best.counts], dtype=lengths.dtype)
     assert torch.equal(lengths, expected.expand_as(lengths)), "every image keeps exactly P + k_s tokens"
     assert cost_ratio(model, lengths, reference) == pytest.approx(best.ratio, abs=1e-9)
-    assert student.select_impl == "op", "the baseline works on a copy; the calibrated model is untouched"
+    assert student.inference.select == "op", "the baseline works on a view; the calibrated model is untouched"
     if result.uniform is not None:
         rates = result.uniform.rates
         assert max(rates) - min(rates) <= 0.2, "EViT's schedule: about one rate at every stage"

@@ -26,7 +26,7 @@ def test_truncated_samples_are_batch_invariant(tmp_path, fmnist_root):
     images = data.to_input(data.val.raw(torch.arange(16)))
     with torch.no_grad():
         adaptive = load_student(run).forward_dropped(images)[1].numpy() - 1  # patches kept without caps
-        student = load_student(run).set_select("capped", caps)
+        student = load_student(run).with_inference("capped", caps)
         expected, expected_kept = (t.numpy() for t in student.forward_dropped(images))
     truncated = (adaptive > np.array(caps)).any(axis=1)
     assert 0 < truncated.sum() < len(images), "the test needs truncated and untruncated samples alike"

@@ -112,7 +112,7 @@ def test_onnxruntime_matches_pytorch(exported, flavor):
     cfg, run, paths = exported
     model = load_student(run) if flavor != "dense" else None
     if flavor == "capped":  # random images keep more than validation images: compare capped with capped
-        model.set_select("capped", read_info(paths["capped"]).caps)
+        model = model.with_inference("capped", read_info(paths["capped"]).caps)
     images = torch.randn(7, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
     outputs = _session(paths[flavor]).run(None, {"images": images.numpy()})
     with torch.no_grad():

@@ -66,7 +66,7 @@ def _frozen_token_reference(model, images: torch.Tensor, counts=None, caps=None)
 def test_deployed_forward_equals_the_frozen_token_reference(name, impl):
     model = _context_student(name)
     patches = model.geometry().num_patches
-    model.set_select(impl, [patches] * len(model.stages) if impl == "capped" else None)
+    model = model.with_inference(impl, [patches] * len(model.stages) if impl == "capped" else None)
     images = _images(name, 6)
     expected, lengths = _frozen_token_reference(model, images)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_deployed_forward_equals_the_frozen_token_reference(name, impl):
 @pytest.mark.parametrize("caps, min_keep", [((10, 6, 3), 1), ((2, 2, 2), 5)])
 def test_capped_truncation_sends_the_cut_tokens_to_the_context(caps, min_keep):
     """Tokens that pass the threshold but not the cap are dropped like any other: into the context."""
-    model = _context_student("custom-28", min_keep=min_keep).set_select("capped", caps)
+    model = _context_student("custom-28", min_keep=min_keep).with_inference("capped", caps)
     images = _images("custom-28", 6)
     expected, lengths = _frozen_token_reference(model, images, caps=caps)
     with torch.no_grad():
@@ -92,13 +92,13 @@ def test_fixed_counts_must_not_grow():
     from pipeline.errors import TokenGateError
 
     with pytest.raises(TokenGateError, match="grow from one stage to the next"):
-        _context_student("custom-28").set_select("fixed", (10, 20, 5))
+        _context_student("custom-28").with_inference("fixed", (10, 20, 5))
 
 
 def test_fixed_counts_equal_the_reference_and_fill_the_context_exactly():
     model = _context_student("custom-28")
     counts = (30, 12, 5)
-    model.set_select("fixed", counts)
+    model = model.with_inference("fixed", counts)
     images = _images("custom-28", 5)
     expected, _ = _frozen_token_reference(model, images, counts)
     with torch.no_grad():
