@@ -18,7 +18,7 @@ OTHER_ORT := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 EXTRAS := $(PROFILE),rtx,test
 BENCH_ARGS ?= --runtime ort-cpu --batch-sizes 1,16 --rounds 8
 
-.PHONY: setup data engine test bench plugins trtexec clean
+.PHONY: setup data engine test bench plugins trtexec gpu-check clean
 
 setup: $(VENV)/.installed-$(PROFILE) data
 
@@ -75,6 +75,21 @@ plugins:
 # Build and time both flavors with trtexec (prints the commands when trtexec is not installed): docs/trtexec.md.
 trtexec: setup
 	PYTHON=$(PY) bash plugins/trtexec.sh $(RUN)
+
+# Everything that needs an NVIDIA GPU, as one prepared run (pipeline/gpu_check.py, plugins/README.md): the kernels
+# built for this GPU and tested (sanitizers too), their timing, ONNX Runtime's CUDA EP on $(RUN)'s exports, DeiT-S
+# dense vs combined on torch, TensorRT where importable. Writes $(GPU_CHECK_OUT)gpu-check.json and gpu-check.md;
+# without a GPU it says so and exits 0. An onnxruntime-gpu wheel in .whl/ replaces onnxruntime first, offline, when
+# the CUDA EP is missing (the two builds share one module, so one goes before the other comes).
+GPU_CHECK_OUT ?=
+gpu-check: setup
+	@if command -v nvidia-smi >/dev/null 2>&1 && ls .whl/onnxruntime_gpu-*.whl >/dev/null 2>&1 && \
+		! $(PY) -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' \
+		2>/dev/null; then \
+		echo "gpu-check: installing onnxruntime-gpu from .whl/"; \
+		$(PY) -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu && \
+		$(PY) -m pip install --quiet --no-index --find-links .whl onnxruntime-gpu; fi
+	$(PY) -m pipeline.gpu_check --run $(RUN) --json $(GPU_CHECK_OUT)gpu-check.json --table $(GPU_CHECK_OUT)gpu-check.md
 
 clean:
 	rm -rf runs plugins/build .pytest_cache

@@ -54,6 +54,29 @@ def test_random_scores(dtype, batch, num_tokens, channels, num_prefix):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_tokens", [197, 300])
+def test_deit_s_geometry_at_batch_64(dtype, num_tokens):
+    """DeiT-S rows (C=384: 16-byte copies), its 197 tokens and more than 256 patches, at the goal's batch of 64."""
+    x, scores = inputs(64, num_tokens, 384, 1, dtype)
+    lengths = check(x, scores, 0.3, 1, min_keep=1)
+    assert lengths.min() < lengths.max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_three_stage_chain(dtype):
+    """Stages 4, 7 and 10 of DeiT-S: each stage's y (its data-dependent K rows) is the next stage's x."""
+    x, scores = inputs(64, 197, 384, 1, dtype)
+    tokens = [197]
+    for stage in range(3):
+        lengths = check(x, scores, 0.3, 1, min_keep=1)
+        y, _ = cuda_kernels.token_select_cuda(x, scores, 0.3, 1, 1)
+        tokens.append(y.shape[1])
+        x, scores = y, torch.randn(64, y.shape[1] - 1, device="cuda").to(dtype) + 0.2 * stage
+        assert int(lengths.max()) == y.shape[1]
+    assert tokens[-1] < tokens[0] and tokens == sorted(tokens, reverse=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("num_prefix", [1, 2])
 class TestAdversarial:
     def test_all_kept(self, dtype, num_prefix):
