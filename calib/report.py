@@ -28,6 +28,13 @@ def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
             ", ".join(f"{t:.3f}" for t in row["thresholds"]))
     console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep the columns readable
     console.print(table)
+    speed = summary.get("speed")
+    if speed:
+        ratios = ", ".join(f"{s:.2f}x at batch {b} (efficiency {speed['speedup_efficiency'][b]:.2f})"
+                           for b, s in speed["speedup_vs_dense"].items())
+        console.print(f"speed of the calibrated model ({speed['flavor']} flavor vs dense, {speed['device']}, "
+                      f"{speed['rounds']} rounds over {speed['images']} images): {ratios}; `{speed['command']}` "
+                      "times it longer")
     if trained:
         console.print(f"trained student of the source run: {trained['student']['top1']:.2f}% at "
                       f"{trained['student_vs_teacher']['gflops_ratio']:.3f} of dense GFLOPs")

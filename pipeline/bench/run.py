@@ -42,7 +42,9 @@ class BenchOptions:
     threads: int = 0
     warmup_s: float = 1.0
     images: Optional[int] = None  # pool size (every round times all of it); default: bench.num_images, 256 for a run
+    top1: bool = True  # top-1 of every file on the validation split (trained runs)
     top1_limit: int = 0  # 0 = the whole validation split
+    overrides: tuple[str, ...] = ()  # KEY=VALUE over a config target (its run directory is written with them)
     selection_share: bool = False  # also time TokenSelect's share of run time (ONNX Runtime CPU; slow)
     profile_runs: int = 8  # batches per flavor and batch size that the selection share averages over
     show: bool = True
@@ -56,8 +58,11 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     runtime = runtime_name(opts.runtime)
     if not opts.batch_sizes or min(opts.batch_sizes) < 1 or opts.rounds < 1:
         raise fail("batch sizes and --rounds must be positive", "e.g. --batch-sizes 1,8,32 --rounds 10")
-    target = load_target(source)
-    run_dir = bench_run(target, opts.run_root, opts.show)
+    target = load_target(source, opts.overrides)
+    if target.run_dir is not None and opts.overrides:
+        raise fail(f"--set changes a config, but {source} is a run directory whose files follow its config.json",
+                   "pass --set with a CONFIG target, or bench the run as it is")
+    run_dir = bench_run(target, opts.run_root, opts.show, opts.overrides)
     cfg = load_run_config(run_dir)
     teacher, student = load_teacher(run_dir, cfg), load_student(run_dir, cfg)
     if not student.stages:
@@ -190,6 +195,8 @@ def accuracy(trained: bool, cfg: Config, runners: dict[str, Runner], opts: Bench
     """Top-1 on the validation split, through the runtime being timed; null for a config's run (no training)."""
     if not trained:
         return {}, "null: the weights were not trained on the config's data"
+    if not opts.top1:
+        return {}, "null: not asked"
     from pipeline.data import load_dataset, stratified_indices
 
     try:

@@ -30,12 +30,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the thresholds' profile grid: 1/GRID steps per stage (6); the fixed-rate baseline measures "
                         "every split")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-speed", action="store_true",
+                   help="skip timing the calibrated run's model.packed.onnx against its model.dense.onnx")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pipeline.artifacts import update_summary
     from pipeline.errors import fail
 
     from calib.calibrate import calibrate
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{source.name}-calib{round(args.budget * 100)}"
     summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline, steps=args.grid,
                         batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg))
+    if not args.no_speed:
+        summary = update_summary(out, "speed", calibrated_speed(out))
     print_calibration(summary, source.trained)
     plot = Path(args.plot) if args.plot else (out / "calib.png" if sweep else None)
     if plot is not None:
@@ -61,6 +66,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot: {plot}")
     print(f"run: {out} (tokengate export {out})")
     return 0
+
+
+SPEED_BATCHES = (1, 16)
+
+
+def calibrated_speed(run_dir) -> dict:
+    """The calibrated run's shipped ONNX Runtime CPU file (packed) against its dense one, with `tokengate bench`'s
+    code (both exported into the run first): speedup per batch size, and the command for a longer run."""
+    from pipeline.bench.run import BenchOptions, run_bench
+
+    opts = BenchOptions(runtime="ort-cpu", batch_sizes=SPEED_BATCHES, rounds=3, flavors=("packed",), images=64,
+                        warmup_s=0.5, top1=False, show=False)
+    report = run_bench(run_dir, opts)
+    return {"runtime": report["runtime"], "device": report["device"], "flavor": "packed",
+            "speedup_vs_dense": {str(b): report["speedup_vs_dense"][f"packed@{b}"] for b in SPEED_BATCHES},
+            "speedup_efficiency": {str(b): report["speedup_efficiency"][f"packed@{b}"] for b in SPEED_BATCHES},
+            "files": report["files"], "rounds": opts.rounds, "images": opts.images,
+            "command": f"tokengate bench {run_dir} --flavors packed --batch-sizes 1,16 --rounds 8"}
 
 
 def _dropped_tokens(args: argparse.Namespace, cfg) -> str:

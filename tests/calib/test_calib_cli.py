@@ -45,6 +45,22 @@ def test_calibrated_run_looks_like_a_trained_one(calibrated_run, tiny_run, calib
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_calibrated_run_reports_the_speed_of_its_shipped_file(calibrated_run):
+    """The calibration report holds the packed file's speed against dense, timed as `tokengate bench` times it: the
+    files are the run's own, named with their sha256."""
+    import hashlib
+    from pathlib import Path
+
+    out, _ = calibrated_run
+    speed = read_json(out / "summary.json")["speed"]
+    assert speed["flavor"] == "packed" and set(speed["speedup_vs_dense"]) == {"1", "16"}
+    assert all(s > 0 for s in speed["speedup_vs_dense"].values())
+    assert set(speed["files"]) == {"dense", "packed"}
+    for name, entry in speed["files"].items():
+        assert Path(entry["path"]) == out / f"model.{name}.onnx"
+        assert hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+
+
 def test_exported_calibrated_run_runs_in_onnxruntime(exported, calibrated_run):
     import onnxruntime as ort
 
@@ -103,6 +119,6 @@ def test_timm_name_with_checkpoint_and_config(tiny_run, calib_set, tmp_path, cap
     out = tmp_path / "from-timm"
     code, err = _calibrate(capsys, cfg.model.arch, "--checkpoint", run / "teacher.safetensors", "--config", config,
                            "--calib-set", calib_set.folder, "--budget", "0.85", "--grid", "1", "--no-baseline",
-                           "--out", out)
+                           "--no-speed", "--out", out)
     assert code == 0, err
     assert (out / STUDENT_FILE).is_file() and read_json(out / "summary.json")["calibration"]["source"]["arch"]
