@@ -35,11 +35,12 @@ def log(message: str, show: bool = True) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def bench_run(target: Target, root: Path, show: bool = True) -> Path:
-    """The run directory to bench: `target`'s own, or `root/<config name>` written (or reused) for a config."""
+def bench_run(target: Target, root: Path, show: bool = True, overrides: Sequence[str] = ()) -> Path:
+    """The run directory to bench: `target`'s own, or `root/<config name>[+KEY=VALUE...]` written (or reused) for a
+    config (with the overrides it was given)."""
     if target.run_dir is not None:
         return target.run_dir
-    run_dir = Path(root) / target.name
+    run_dir = Path(root) / "+".join([target.name, *(o.replace("/", "_") for o in overrides)])
     key = config_key(target)
     source = run_dir / SOURCE_FILE
     if source.is_file() and read_json(source).get("key") == key and (run_dir / STUDENT_FILE).is_file():

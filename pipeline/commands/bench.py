@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top1-limit", type=int, default=0, help="top-1 on a stratified subset of N images (0 = all)")
     p.add_argument("--run-root", default="runs/bench",
                    help="where a config becomes a run directory, RUN_ROOT/<config name> (default runs/bench)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value of a CONFIG target, e.g. --set gates.dropped_tokens=context")
     p.add_argument("--selection-share", action="store_true",
                    help="also measure TokenSelect's share of run time (ONNX Runtime; adds minutes)")
     p.add_argument("--json", dest="json_path", default="bench.json", help="report (default bench.json)")
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     flavors = tuple(f.strip() for f in args.flavors.split(",") if f.strip()) if args.flavors else None
     opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavors=flavors,
                         run_root=Path(args.run_root), threads=args.threads, warmup_s=args.warmup, images=args.images,
-                        top1_limit=args.top1_limit, selection_share=args.selection_share, show=not args.quiet)
+                        top1_limit=args.top1_limit, selection_share=args.selection_share,
+                        overrides=tuple(args.overrides), show=not args.quiet)
     reports = [run_bench(target, opts) for target in args.targets]
     json_path = Path(args.json_path)
     md_path = Path(args.md_path) if args.md_path else json_path.with_suffix(".md")
