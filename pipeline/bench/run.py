@@ -7,7 +7,6 @@ against its PyTorch reference with validate's comparison and tolerance before it
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from pipeline.artifacts import sha256_file
 from pipeline.bench.prepare import bench_run, log
 from pipeline.bench.report import round_speedups, rows_and_speedups
 from pipeline.bench.target import load_target
@@ -91,7 +91,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         "runtime": runtime, "device": device_name(runtime, runners, opts.threads), "rows": rows,
         "speedup_vs_dense": speed, "speedup_efficiency": eff, "target": str(source), "run_dir": str(run_dir),
         "flavors": list(flavors), "deploy": DEPLOY,
-        "files": {name: {"path": str(path), "sha256": sha256(path)} for name, path in files.items()},
+        "files": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in files.items()},
         "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "batches_per_round": timings.batches,
         "speedup_rounds": round_speedups(timings, names, opts.batch_sizes),
         "padding_waste": {f"{m}@{b}": float(np.mean(w)) for (m, b), w in timings.waste.items()},
@@ -214,14 +214,6 @@ def accuracy(trained: bool, cfg: Config, runners: dict[str, Runner], opts: Bench
     log(f"top-1 on {len(split)} validation images", opts.show)
     return {n: 100.0 * c / len(split) for n, c in correct.items()}, \
         f"validation split of {cfg.data.dataset} ({len(split)} images), through the timed runtime"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def device_name(runtime: str, runners: dict[str, Runner], threads: int) -> str:

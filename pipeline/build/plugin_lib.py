@@ -8,11 +8,11 @@ than deep inside the ONNX parser. After `IPluginRegistry.load_library`: that the
 from __future__ import annotations
 
 import ctypes
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.artifacts import sha256_file
 from pipeline.contract import DOMAIN, OP_TYPE, VERSION
 from pipeline.errors import fail
 
@@ -34,14 +34,6 @@ class PluginLibrary:
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "sha256": self.sha256, "abi_version": self.abi_version,
                 "plugin": f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME} v{PLUGIN_VERSION}"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_library(path: Optional[str | Path] = None) -> PluginLibrary:

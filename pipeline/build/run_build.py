@@ -13,12 +13,12 @@ from typing import Optional
 
 import onnx
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import atomic_path, sha256_file
 from pipeline.build import rtx_builder, targets, tensorrt_builder
 from pipeline.build.engine_info import PRECISIONS, EngineInfo, info_path
 from pipeline.build.network import INPUT_NAME
 from pipeline.build.onnx_prep import check_precision, prepared_onnx
-from pipeline.build.plugin_lib import check_library, sha256_file
+from pipeline.build.plugin_lib import check_library
 from pipeline.build.profile import DEFAULT_BATCH, parse_batch
 from pipeline.build.runtimes import LABELS, RTX, TENSORRT, choose_runtime, import_runtime
 from pipeline.errors import fail
