@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: export.opset of the run, 20)")
     p.add_argument("--quantile", type=float, default=None,
                    help="capped flavor: K per stage = this quantile of kept counts on validation data "
-                        "(default: export.capped_quantile of the run)")
+                        "(default: export.capped_quantile of the run, 0.99; 1.0 = the largest count, no truncation)")
     p.set_defaults(handler=run)
 
 

@@ -130,7 +130,9 @@ def test_capped_limits_come_from_validation_data(exported):
     _, run, paths = exported
     summary = json.loads((run / "summary.json").read_text())
     info = read_info(paths["capped"])
-    assert summary["capped"]["caps"] == info.caps and summary["capped"]["truncation_rate"] == 0.0
+    assert summary["capped"]["caps"] == info.caps and summary["capped"]["quantile"] == 0.99  # export's default
+    # each stage's cap leaves at most 1% of the images above it (up to rounding to whole tokens): 3% over 3 stages
+    assert summary["capped"]["truncation_rate"] == info.truncation_rate <= 0.03 + 1e-9
 
 
 def test_packed_is_batch_invariant(exported):
