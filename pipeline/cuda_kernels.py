@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -90,20 +91,43 @@ def token_select_cuda(
     if isinstance(threshold, torch.Tensor) and threshold.numel() != 1:
         raise ValueError(f"threshold must be a scalar, got shape {tuple(threshold.shape)}")
     thr = torch.as_tensor(threshold, dtype=x.dtype, device=x.device).reshape(())
+    launch = prepare_launch(lib, x.contiguous(), scores.contiguous(), thr.contiguous(), num_prefix, min_keep)
+    status = launch.run()
+    if status != 0:
+        raise RuntimeError(f"tokengate_token_select failed ({status}): {lib.tokengate_status_string(status).decode()}")
+    batch, _, channels = x.shape
+    k = int(launch.k.item())
+    return launch.y[: batch * k * channels].view(batch, k, channels), launch.lengths
 
+
+class Launch(NamedTuple):
+    """Output buffers allocated once, and the two kernel launches on them as a call (returns the status)."""
+
+    run: Callable[[], int]
+    y: torch.Tensor  # [B * N * C]: room for the upper bound K = N
+    lengths: torch.Tensor  # [B] int32
+    k: torch.Tensor  # [1] int32, K = max(lengths), left on the device
+
+
+def prepare_launch(lib: ctypes.CDLL, x: torch.Tensor, scores: torch.Tensor, threshold: torch.Tensor, num_prefix: int,
+                   min_keep: int) -> Launch:
+    """What the plugin's enqueue does per call, without TensorRT: `run()` launches on the current stream with no
+    allocation and no host sync, so timing it times the kernels alone. Inputs must be contiguous CUDA tensors of
+    one dtype (float32 or float16), `threshold` a 0-d tensor."""
     batch, num_tokens, channels = x.shape
-    x, scores, thr = x.contiguous(), scores.contiguous(), thr.contiguous()
-    y = torch.empty(batch * num_tokens * channels, dtype=x.dtype, device=x.device)  # the upper bound K = N
+    y = torch.empty(batch * num_tokens * channels, dtype=x.dtype, device=x.device)
     lengths = torch.empty(batch, dtype=torch.int32, device=x.device)
-    k_out = torch.empty(1, dtype=torch.int32, device=x.device)
+    k = torch.empty(1, dtype=torch.int32, device=x.device)
     workspace = torch.empty(max(1, lib.tokengate_token_select_workspace_size(batch, num_tokens, num_prefix)),
                             dtype=torch.uint8, device=x.device)
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        status = lib.tokengate_token_select(
-            _DTYPES[x.dtype], x.data_ptr(), scores.data_ptr(), thr.data_ptr(), y.data_ptr(), lengths.data_ptr(),
-            k_out.data_ptr(), workspace.data_ptr(), batch, num_tokens, channels, num_prefix, min_keep, stream)
-    if status != 0:
-        raise RuntimeError(f"tokengate_token_select failed ({status}): {lib.tokengate_status_string(status).decode()}")
-    k = int(k_out.item())
-    return y[: batch * k * channels].view(batch, k, channels), lengths
+    buffers = (x, scores, threshold, y, lengths, k, workspace)  # the call keeps them alive: it holds raw pointers
+
+    def run() -> int:
+        inputs, outputs = buffers[:3], buffers[3:]
+        return int(lib.tokengate_token_select(_DTYPES[x.dtype], *(t.data_ptr() for t in inputs),
+                                              *(t.data_ptr() for t in outputs), batch, num_tokens, channels,
+                                              num_prefix, min_keep, stream))
+
+    return Launch(run, y, lengths, k)

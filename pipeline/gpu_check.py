@@ -185,8 +185,6 @@ def part_kernel_timing(kernels: Part, library: Path, runs: int = 300, warmup: in
     """Each run between its own pair of CUDA events; the median over `runs` (after `warmup`), in microseconds."""
     if kernels.status != "passed":
         return skipped(f"the kernel part did not pass ({kernels.status})")
-    import ctypes
-
     import torch
 
     from pipeline import cuda_kernels
@@ -194,24 +192,17 @@ def part_kernel_timing(kernels: Part, library: Path, runs: int = 300, warmup: in
     lib = cuda_kernels.load_library(library)
     b, n, c, p = 64, 197, 384, 1
     details: dict[str, Any] = {"batch": b, "tokens": n, "channels": c, "runs": runs, "keep": 0.5}
-    for name, dtype, code in (("fp16", torch.float16, 1), ("fp32", torch.float32, 0)):
+    for name, dtype in (("fp16", torch.float16), ("fp32", torch.float32)):
         x = torch.randn(b, n, c, device="cuda", dtype=dtype)
         scores = torch.randn(b, n - p, device="cuda").to(dtype)
         threshold = torch.quantile(scores.float(), 0.5).to(dtype)  # half the patches pass
-        y = torch.empty(b * n * c, device="cuda", dtype=dtype)
-        lengths = torch.empty(b, device="cuda", dtype=torch.int32)
-        k_out = torch.empty(1, device="cuda", dtype=torch.int32)
-        workspace = torch.empty(max(1, lib.tokengate_token_select_workspace_size(b, n, p)), device="cuda",
-                                dtype=torch.uint8)
-        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-        args = (code, x.data_ptr(), scores.data_ptr(), threshold.data_ptr(), y.data_ptr(), lengths.data_ptr(),
-                k_out.data_ptr(), workspace.data_ptr(), b, n, c, p, 1, stream)
+        launch = cuda_kernels.prepare_launch(lib, x, scores, threshold, p, 1)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
         for _ in range(warmup):
-            lib.tokengate_token_select(*args)
+            launch.run()
         for start, end in events:
             start.record()
-            status = lib.tokengate_token_select(*args)
+            status = launch.run()
             end.record()
             if status != 0:
                 return Part("failed", f"tokengate_token_select returned {status}")

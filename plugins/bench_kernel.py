@@ -11,7 +11,6 @@ The target for the kernels is < 20 us at B=64, N=197, C=384 on an H100. Not a te
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 from pathlib import Path
 
@@ -60,18 +59,10 @@ def main() -> int:
     lib = cuda_kernels.load_library(args.library)
 
     # The plugin's view: buffers exist, two launches per call, K stays on the device.
-    y = torch.empty(b * n * c, device="cuda", dtype=dtype)
-    lengths = torch.empty(b, device="cuda", dtype=torch.int32)
-    k_out = torch.empty(1, device="cuda", dtype=torch.int32)
-    workspace = torch.empty(max(1, lib.tokengate_token_select_workspace_size(b, n, p)), device="cuda",
-                            dtype=torch.uint8)
-    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    dtype_code = 0 if dtype == torch.float32 else 1
+    launch = cuda_kernels.prepare_launch(lib, x, scores, threshold, p, args.min_keep)
 
     def kernels():
-        status = lib.tokengate_token_select(dtype_code, x.data_ptr(), scores.data_ptr(), threshold.data_ptr(),
-                                            y.data_ptr(), lengths.data_ptr(), k_out.data_ptr(), workspace.data_ptr(),
-                                            b, n, c, p, args.min_keep, stream)
+        status = launch.run()
         if status != 0:
             raise RuntimeError(lib.tokengate_status_string(status).decode())
 
@@ -82,9 +73,9 @@ def main() -> int:
         "torch reference": time_us(lambda: token_select_reference(x, scores, threshold, p, args.min_keep),
                                    args.iters // 5),
     }
-    kept = float(lengths.float().mean()) - p
+    kept = float(launch.lengths.float().mean()) - p
     print(f"TokenSelect B={b} N={n} C={c} P={p} {args.dtype} on {torch.cuda.get_device_name()}, "
-          f"K={int(k_out.item())}, mean kept patches {kept:.1f}/{n - p}:")
+          f"K={int(launch.k.item())}, mean kept patches {kept:.1f}/{n - p}:")
     for name, us in results.items():
         print(f"  {name:<18} {us:9.2f} us")
     print(f"  speedup of the kernels over the torch reference: {results['torch reference'] / results['kernels']:.1f}x")
