@@ -194,10 +194,11 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How `tokengate bench` turns a config (not a trained run) into its dense/static/tokens/combined models."""
+    """How `tokengate bench` turns a config (not a trained run) into a run directory: the teacher, and a student
+    sliced to these fractions with thresholds fitted to these keep ratios (pipeline/bench/prepare.py)."""
 
     keep_ratios: tuple[float, ...] = (0.7, 0.49, 0.34)  # cumulative share of patch tokens kept after each stage
-    heads_fraction: float = 0.75  # static and combined models: attention heads kept per layer
+    heads_fraction: float = 0.75  # the student: attention heads kept per layer
     mlp_fraction: float = 0.75  # ... and MLP hidden channels kept per layer
     images: Literal["sample-photos", "val"] = "sample-photos"  # timing / threshold-fitting images
     num_images: int = 96
