@@ -69,8 +69,9 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         raise fail(f"the student of {run_dir} has no token stages, so there is no token-gated model to bench",
                    "bench a run trained with token stages (gates.token_stages null or a list)")
     flavors = choose_flavors(runtime, opts.flavors)
-    count = opts.images or (256 if target.run_dir is not None else cfg.bench.num_images)
-    images = load_images(cfg, "val" if target.run_dir is not None else "sample-photos", count, cfg.bench.seed)
+    has_data = cfg.export.caps_images == "val"  # a trained run; a config's run is calibrated on the bench photos
+    count = opts.images or (256 if has_data else cfg.bench.num_images)
+    images = load_images(cfg, "val" if has_data else "sample-photos", count, cfg.bench.seed)
     log(f"{len(images)} images: {images.source}", opts.show)
     files = exported_files(run_dir, runtime, flavors, opts.show)
     runners = {name: open_runner(path, runtime, opts, run_dir) for name, path in files.items()}
@@ -84,7 +85,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         f"(load average {load_before[0]:.2f})", opts.show)
     timings = run_rounds(runners, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=opts.show)
     load_after = os.getloadavg()
-    top1, top1_source = accuracy(target.run_dir is not None, cfg, runners, opts)
+    top1, top1_source = accuracy(has_data, cfg, runners, opts)
     names = list(runners)
     rows, speed, eff = rows_and_speedups(timings, names, opts.batch_sizes, gflops, top1)
     report: dict[str, Any] = {

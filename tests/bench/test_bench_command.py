@@ -140,3 +140,19 @@ def test_bench_of_a_config_writes_a_run_and_reuses_it(tmp_path, fmnist_root):
     assert (run / "student.safetensors").stat().st_mtime_ns == written
     assert second["files"] == report["files"]
     assert report["top1_source"].startswith("null")
+
+
+def test_a_configs_run_benches_again_as_a_run(tmp_path, fmnist_root):
+    """The run directory a config became is a run like any other: benching it directly times it on the same bench
+    photos (its config says so: export.caps_images), with no top-1."""
+    import yaml
+
+    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3]})
+    data = cfg.to_dict()
+    data["bench"] = {"keep_ratios": [0.7, 0.5], "num_images": 8}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    first = _bench(config, tmp_path / "a.json", "--runtime", "torch", "--run-root", str(tmp_path / "runs"))
+    again = _bench(first["run_dir"], tmp_path / "b.json", "--runtime", "torch")
+    assert again["images"] == first["images"] and again["images"].startswith("scikit-image sample photos")
+    assert again["top1_source"].startswith("null")
