@@ -200,7 +200,9 @@ class BenchConfig:
     keep_ratios: tuple[float, ...] = (0.7, 0.49, 0.34)  # cumulative share of patch tokens kept after each stage
     heads_fraction: float = 0.75  # the student: attention heads kept per layer
     mlp_fraction: float = 0.75  # ... and MLP hidden channels kept per layer
-    images: Literal["sample-photos", "val"] = "sample-photos"  # timing / threshold-fitting images
+    # `tokengate visualize`'s images for a config; the bench times a config's run on the sample photos its
+    # thresholds were fitted on, and a trained run on its validation split
+    images: Literal["sample-photos", "val"] = "sample-photos"
     num_images: int = 96
     seed: int = 0  # random weights and crops
 

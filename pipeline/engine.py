@@ -62,8 +62,9 @@ def stage_validate(args: argparse.Namespace) -> str:
     lines, failures, references = [], [], {}
     for flavor in VALIDATED_FLAVORS:
         path = Path(args.run) / f"model.{flavor}.onnx"
-        if not path.is_file():  # a context run has no packed flavor
-            continue
+        if not path.is_file():
+            raise fail(f"{path} is missing, so its flavor cannot be validated",
+                       f"export it: tokengate export {args.run}")
         started = time.time()
         report = validate(path, runtime="ort-cpu", references=references)
         report["seconds"] = round(time.time() - started, 1)

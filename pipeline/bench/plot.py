@@ -1,4 +1,4 @@
-"""bench.png: throughput against top-1 (or against GFLOPs without trained weights), one point per file per batch size."""
+"""bench.png: throughput against top-1 (or GFLOPs without trained weights), one point per file and batch size."""
 from __future__ import annotations
 
 from pathlib import Path

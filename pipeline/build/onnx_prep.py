@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from pipeline.contract import DOMAIN, OP_TYPE, VERSION
+from pipeline.contract import DOMAIN, OP_TYPE, VERSION, is_token_select
 from pipeline.errors import fail
 from pipeline.export.graph import constant_names
 
@@ -57,7 +57,7 @@ def token_count(model: onnx.ModelProto) -> int:
 
     The first stage's N is static (patches + prefix tokens); later stages only drop tokens, so none exceeds it.
     """
-    xs = {node.input[0] for node in _nodes(model) if node.op_type == OP_TYPE and node.domain == DOMAIN}
+    xs = {node.input[0] for node in _nodes(model) if is_token_select(node)}
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception as exc:  # onnx raises ValueError for protos over 2 GB, InferenceError and others
@@ -77,7 +77,7 @@ def add_plugin_outputs(model: onnx.ModelProto, max_tokens: int | None = None) ->
 
     `max_tokens` (default: `token_count(model)`) becomes each node's `max_tokens` attribute unless it has one.
     """
-    nodes = [node for node in _nodes(model) if node.op_type == OP_TYPE and node.domain == DOMAIN]
+    nodes = [node for node in _nodes(model) if is_token_select(node)]
     for node in nodes:
         if len(node.output) not in (2, 3):
             raise fail(f"{OP_TYPE} node {node.name!r} has {len(node.output)} outputs, not (y, lengths)",

@@ -173,8 +173,9 @@ class GatedViT(nn.Module):
 
     def with_inference(self, select: str = "op", caps: Optional[Sequence[int]] = None,
                        shared_scores: bool = True) -> "GatedViT":
-        """This model (the same parameters, not a copy of them) under another `Inference`; `self` is unchanged, so
-        what a graph computes never depends on what was exported or evaluated before."""
+        """This model (the same parameters, not a copy of them) under another `Inference`; `self`'s own mode is
+        unchanged, so what a graph computes never depends on what was exported or evaluated before. The view shares
+        the submodules: train()/eval(), .to() or loading weights through it change the original's too."""
         view = copy.copy(self)
         view.inference = Inference(select, None if caps is None else tuple(int(c) for c in caps),
                                    shared_scores).check(self.stages)

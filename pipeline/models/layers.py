@@ -97,7 +97,8 @@ class GatedAttention(Attention):
         return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
-                want_scores: bool, shared_scores: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+                want_scores: bool, shared_scores: bool = True
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Attention output and, if scores are wanted, the class row and each head's class-token output, detached
         (the scores pass no gradient into q, k, v). Inference reads them off this attention in one pass
         (`token_ops.attention_with_class_row`) unless `shared_scores` is off; training keeps the fused kernel and a

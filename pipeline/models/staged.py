@@ -1,11 +1,11 @@
 """A GatedViT's hard-drop forward, run one pruning stage at a time over a whole calibration set.
 
-Calibration (calib/) and the bench's keep-ratio fitting need what `GatedViT.forward_dropped` cannot give: each stage's token scores for *all* images before
-that stage's threshold is chosen (a threshold is a quantile of the pooled scores). So this runs the model's own
-pieces (`embed`, `block_gates`, `forward_gated`, `select_tokens`, `head`) in the same order, stage-major instead of
-batch-major, and caches everything before the first stage, which no threshold changes. Each stage is the model's own
-`select_stage`, so dropped tokens become context exactly as deployed. Its parity with `forward_dropped` is tested.
-"""
+Calibration (calib/) and the bench's keep-ratio fitting need what `GatedViT.forward_dropped` cannot give: each
+stage's token scores for *all* images before that stage's threshold is chosen (a threshold is a quantile of the
+pooled scores). So this runs the model's own pieces (`embed`, `block_gates`, `forward_gated`, `select_tokens`,
+`head`) in the same order, stage-major instead of batch-major, and caches everything before the first stage, which
+no threshold changes. Each stage is the model's own `select_stage`, so dropped tokens become context exactly as
+deployed. Its parity with `forward_dropped` is tested."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -28,3 +28,23 @@ def test_exports_from_one_model_object_equal_exports_from_fresh_ones(tmp_path, f
              "plugin": _graph(load_student(run), cfg, run, "plugin", tmp_path / "f.onnx")}
     assert after_capped == fresh
     assert shared.inference.select == "op" and shared.inference.caps is None and shared.inference.shared_scores
+
+
+def test_a_view_under_another_mode_leaves_the_model_as_it_was(tmp_path, fmnist_root):
+    """with_inference returns a view: the original keeps its mode and computes what it computed before."""
+    import torch
+
+    from pipeline.models.gated_vit import Inference
+
+    cfg = tiny_config(fmnist_root, gates={"token_stages": [2, 3], "init_threshold": 1.0})
+    model = load_student(make_run(tmp_path / "run", cfg))
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model.forward_dropped(images)
+        view = model.with_inference("capped", [3, 1], shared_scores=False)
+        capped = view.forward_dropped(images)
+        after = model.forward_dropped(images)
+    assert model.inference == Inference() and view.inference == Inference("capped", (3, 1), False)
+    assert (capped[1] - 1 <= torch.tensor([3, 1])).all() and not torch.equal(capped[1], before[1])
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    assert view.thresholds is model.thresholds  # the same parameters, not a copy

@@ -76,6 +76,20 @@ def test_packed_equals_forward_dropped(sliced_gated, varlen, dropped):
             assert (sliced_gated.forward_dropped(images)[0] - logits).abs().max() > 1e-3
 
 
+def test_context_that_starts_empty_and_grows(sliced_gated):
+    """A first stage that drops nothing leaves every sample an empty context; the second stage fills it."""
+    model = with_context(sliced_gated)
+    with torch.no_grad():
+        model.thresholds[0] = -1.0  # relative scores are positive: every patch passes
+    images = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits, kept = model.forward_dropped(images)
+        packed_logits, packed_kept = PackedForward(model, varlen=True)(images)
+    assert (kept[:, 0] == 17).all() and (kept[:, 1] < 17).any()
+    assert torch.equal(packed_kept, kept)
+    assert (packed_logits - logits).abs().max() <= TOL
+
+
 def test_class_attention_key_bias_matches_the_mask():
     """The packed layout scores with an additive MASK_BIAS where the padded layout masks: same weights to 1e-6."""
     gen = torch.Generator().manual_seed(0)
