@@ -124,7 +124,8 @@ def score_nodes(model: onnx.ModelProto) -> set[str]:
 def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The GEMMs among `candidates` whose output reaches a score node before any other weight GEMM: the qkv
     projections of the layers that score tokens. Their q and k reach the scores through attention's own products
-    (QK^T, softmax, whose class row the scores read), which are followed; a product with a weight is not."""
+    (QK^T, softmax, whose class row the scores read), which are followed; a product with a weight is not, nor a
+    shape read (Shape, Size: no values pass, and bias_gemm's Reshapes read the shapes of the next layer's input)."""
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in model.graph.node:
         for name in n.input:
@@ -140,7 +141,7 @@ def score_feeding(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
                     chosen.append(name)
                     frontier = []
                     break
-                if c.name not in seen and not is_weight_product(c, constants):
+                if c.name not in seen and not is_weight_product(c, constants) and c.op_type not in ("Shape", "Size"):
                     seen.add(c.name)
                     frontier += list(c.output)
     return chosen

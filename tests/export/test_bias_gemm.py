@@ -65,15 +65,15 @@ def test_only_a_weight_matmul_read_by_its_bias_add_alone_is_rewritten():
 
 
 def test_a_dense_vit_export_keeps_its_logits(fmnist_root, tmp_path):
-    """Every linear layer of an exported ViT becomes a Gemm; ONNX Runtime's logits stay those of PyTorch."""
+    """Every linear layer of an exported ViT becomes a Gemm (export_onnx runs the pass on every flavor); ONNX
+    Runtime's logits stay those of PyTorch."""
     from pipeline.export.onnx_export import export_onnx
     from pipeline.models import build_teacher
     from tests.build.helpers import export_info
     from tests.conftest import tiny_config
 
     dense = build_teacher(tiny_config(fmnist_root, model={"depth": 2, "num_heads": 2, "embed_dim": 32})).eval()
-    path = export_onnx(dense, "dense", tmp_path / "dense.onnx", export_info("dense", tmp_path),
-                       passes=(fuse_bias_into_gemm,))
+    path = export_onnx(dense, "dense", tmp_path / "dense.onnx", export_info("dense", tmp_path))
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Gemm") == 4 * 2 + 1 and "MatMul" in ops  # qkv, proj, fc1, fc2 per block, the head; attention
     images = torch.randn(3, 1, 28, 28)
