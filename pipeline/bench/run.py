@@ -74,7 +74,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     images = load_images(cfg, "val" if has_data else "sample-photos", count, cfg.bench.seed)
     log(f"{len(images)} images: {images.source}", opts.show)
     files = exported_files(run_dir, runtime, flavors, opts.show)
-    runners = {name: open_runner(path, runtime, opts, run_dir) for name, path in files.items()}
+    runners = {name: open_runner(path, runtime, opts) for name, path in files.items()}
     pool = images.inputs.numpy()
     kept, parity = check_and_count(files, runners, pool, cfg, max(opts.batch_sizes), strict=runtime != "tensorrt",
                                    show=opts.show)
@@ -131,7 +131,7 @@ def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bo
     return {f: artifact_path(run_dir, f) for f in wanted}
 
 
-def open_runner(path: Path, runtime: str, opts: BenchOptions, run_dir: Path) -> Runner:
+def open_runner(path: Path, runtime: str, opts: BenchOptions) -> Runner:
     """The runner `tokengate validate` would use, with the bench's threads and non-spinning ORT threads."""
     if runtime == "torch":
         from pipeline.runners.torch_runner import TorchRunner
@@ -180,10 +180,11 @@ def check_and_count(files: dict[str, Path], runners: dict[str, Runner], pool: np
     for name, runner in runners.items():
         subject = describe(files[name])
         key = (subject.reference_model, tuple(subject.caps or ()))
-        if key not in references:
-            references[key] = reference_runner(subject)
-        got = [runner.infer(pool[start:start + batch]) for start in range(0, len(pool), batch)]
-        ref = [references[key].infer(pool[start:start + batch]) for start in range(0, len(pool), batch)]
+        chunks = [pool[start:start + batch] for start in range(0, len(pool), batch)]
+        if key not in references:  # plugin, native and packed share the student's outputs: run it once
+            reference = reference_runner(subject)
+            references[key] = [reference.infer(chunk) for chunk in chunks]
+        got, ref = [runner.infer(chunk) for chunk in chunks], references[key]
         logits, ref_logits = np.concatenate([g.logits for g in got]), np.concatenate([r.logits for r in ref])
         same = np.ones(len(pool), dtype=bool)
         if got[0].kept_tokens is not None:
