@@ -95,14 +95,24 @@ class Dataset:
     def batches(self, split: Split, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                 rank: int = 0, world: int = 1, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images, labels); with `world` > 1 each rank takes its own interleaved share (DDP)."""
+        for index in self.batch_indices(split, batch_size, shuffle, seed, epoch, rank, world, drop_last):
+            yield self.batch(split, index)
+
+    def batch_indices(self, split: Split, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                      rank: int = 0, world: int = 1, drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """The split's indices of each batch `batches` yields, in its order."""
         order = torch.arange(len(split))
         if shuffle:
             order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         order = order[rank::world]
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            yield self.to_input(split.raw(idx)), split.labels[idx]
+            yield order[start:start + batch_size]
+
+    def batch(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the split's images at `index`: a pure function of the indices, with no random
+        augmentation, so a training image is the same input every epoch."""
+        return self.to_input(split.raw(index)), split.labels[index]
 
 
 def to_model_input(raw: torch.Tensor, in_chans: int, img_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

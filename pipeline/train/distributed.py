@@ -51,3 +51,18 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_interleaved(rows: torch.Tensor, total: int, rank: int, world: int) -> torch.Tensor:
+    """Every rank's `rows` (rank r holds rows r, r + world, ... of `total`) as one [total, ...] tensor on each rank."""
+    if world == 1:
+        return rows
+    size = -(-total // world)
+    padded = rows.new_zeros((size, *rows.shape[1:]))
+    padded[:len(rows)] = rows
+    shares = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(shares, padded)
+    full = rows.new_empty((total, *rows.shape[1:]))
+    for r, share in enumerate(shares):
+        full[r::world] = share[:len(range(r, total, world))]
+    return full

@@ -29,9 +29,12 @@ from pipeline.models.gates import group_ids_for, split_sizes
 from pipeline.train import losses
 from pipeline.train.distributed import Runtime, all_reduce_mean, barrier, init_runtime, shutdown
 from pipeline.train.resume import load_phase, save_phase
+from pipeline.train.teacher_targets import TeacherTargets, teacher_targets
 
 SLICED_FILE = "ckpt/sliced.safetensors"
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# (images, labels, the images' indices in the training split, generator) -> (loss, metrics)
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
+                  tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass
@@ -102,7 +105,7 @@ def train_teacher(cfg: Config, dataset: Dataset, out: Path, runtime: Runtime, lo
         return load_teacher(out, cfg).to(runtime.device)
     model = initial.to(runtime.device)
 
-    def step(images, labels, _generator):
+    def step(images, labels, _index, _generator):
         logits, _ = model.forward_masked(images)
         ce = F.cross_entropy(logits, labels, label_smoothing=cfg.train.label_smoothing)
         return ce, {"ce": ce}
@@ -127,10 +130,14 @@ def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, r
         return load_student(out, cfg).to(runtime.device)
     reference = float(dense_macs(teacher.geometry()))
     splits = cfg.gates.subgroup_split
+    started = time.time()
+    targets = teacher_targets(teacher, dataset, cfg.train.finetune.batch_size, runtime)
+    log.write({"phase": "teacher_logits", "event": "table" if targets.table is not None else "per_batch",
+               "seconds": time.time() - started})
     if cfg.gates.static and not (out / SLICED_FILE).is_file():
         torch.manual_seed(cfg.train.seed + 1)
         model = build_student(cfg, weights_from=teacher).to(runtime.device)
-        run_phase(_student_phase("search", model, teacher, cfg, reference, splits[0]), cfg, dataset, out, runtime, log)
+        run_phase(_student_phase("search", model, targets, cfg, reference, splits[0]), cfg, dataset, out, runtime, log)
         if runtime.is_main:
             save_student(model.sliced(), out / SLICED_FILE, cfg)
         barrier()
@@ -144,7 +151,7 @@ def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, r
             student = build_student(cfg, weights_from=teacher, static_gates=False)
         student = student.to(runtime.device)
         name = "finetune" if split is None else f"finetune-{split}"
-        run_phase(_student_phase(name, student, teacher, cfg, reference, split), cfg, dataset, out, runtime, log)
+        run_phase(_student_phase(name, student, targets, cfg, reference, split), cfg, dataset, out, runtime, log)
         if runtime.is_main and split is not None:
             save_student(student, out / variant_file(split), cfg)
         students.append(student)
@@ -170,18 +177,17 @@ def variant_file(split: str) -> str:
     return f"student.split-{split}.safetensors"
 
 
-def _student_phase(name: str, model: GatedViT, teacher: GatedViT, cfg: Config, reference: float,
+def _student_phase(name: str, model: GatedViT, targets: TeacherTargets, cfg: Config, reference: float,
                    split: str | None) -> Phase:
     settings = cfg.train.search if name == "search" else cfg.train.finetune
 
-    def step(images, labels, generator):
+    def step(images, labels, index, generator):
         group_ids = None
         if model.group_gates is not None:
             group_ids = group_ids_for(split_sizes(len(labels), split, generator), generator)
             group_ids = group_ids.to(images.device)
         logits, stats = model.forward_masked(images, group_ids)
-        with torch.no_grad():
-            teacher_logits = teacher.forward_dropped(images)[0]
+        teacher_logits = targets(images, index)
         macs = model.macs(stats.tokens, stats.gates)
         ce = F.cross_entropy(logits, labels, label_smoothing=cfg.train.label_smoothing)
         kd = losses.distillation(logits, teacher_logits, cfg.train.kd_temperature)
@@ -240,15 +246,16 @@ def run_phase(phase: Phase, cfg: Config, dataset: Dataset, out: Path, runtime: R
     for epoch in range(start, settings.epochs):
         model.train()
         generator.manual_seed(cfg.train.seed * 7919 + epoch)
-        batches = dataset.batches(dataset.train, settings.batch_size, shuffle=True, seed=cfg.train.seed, epoch=epoch,
-                                  rank=runtime.rank, world=runtime.world, drop_last=True)
+        batches = dataset.batch_indices(dataset.train, settings.batch_size, shuffle=True, seed=cfg.train.seed,
+                                        epoch=epoch, rank=runtime.rank, world=runtime.world, drop_last=True)
         bar = progress(batches, total=steps_per_epoch, desc=f"{phase.name} {epoch + 1}/{settings.epochs}",
-                   disable=not runtime.is_main)
+                       disable=not runtime.is_main)
         started = time.time()
-        for step_in_epoch, (images, labels) in enumerate(bar):
+        for step_in_epoch, index in enumerate(bar):
             global_step = epoch * steps_per_epoch + step_in_epoch
             _set_lr(optimizer, global_step, total_steps, settings.warmup_steps)
-            loss, metrics = wrapped(images.to(runtime.device), labels.to(runtime.device), generator)
+            images, labels = dataset.batch(dataset.train, index)
+            loss, metrics = wrapped(images.to(runtime.device), labels.to(runtime.device), index, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -279,8 +286,8 @@ class _TrainForward(nn.Module):
         self.model = model
         self.step = step
 
-    def forward(self, images, labels, generator):
-        return self.step(images, labels, generator)
+    def forward(self, images, labels, index, generator):
+        return self.step(images, labels, index, generator)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, warmup: int) -> None:
