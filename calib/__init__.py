@@ -4,6 +4,6 @@
 - `search` (over `pipeline.models.staged`, `cost`) and `baseline`: per-stage thresholds for a GFLOPs budget, and the
   fixed-keep-rate top-k baseline at the same cost; `calibrate` / `source` / `run_dir` / `report` / `plot`:
   `tokengate calibrate`.
-- `quantize` (with `selection_path`) and `qdq_check`: `tokengate quantize`, ONNX Runtime static Q/DQ that leaves the
+- `quantize` (with `qdq_graph`) and `qdq_check`: `tokengate quantize`, ONNX Runtime static Q/DQ that leaves the
   token-selection path in fp32, and its agreement with fp32.
 """

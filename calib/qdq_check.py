@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 
 from calib.quantize import cpu_session
-from calib.selection_path import selection_nodes
+from calib.qdq_graph import recorded_selection
 from pipeline.contract import DOMAIN
+from pipeline.export.metadata import read_info
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _with_topk_outputs(path: Path, folder: Path) -> tuple[Path, list[str]]:
     native and capped flavors: ranking itself is done by pairwise comparisons). None from a graph with TokenSelect
     nodes: they hide the kept compaction, and a TopK beside them compacts the context."""
     model = onnx.load(str(path))
-    chosen = set(selection_nodes(model))
+    chosen = set(recorded_selection(read_info(path, model), path)[0])
     fused = any(n.domain == DOMAIN for n in model.graph.node)
     names = [] if fused else [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]
     for name in names:

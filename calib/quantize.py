@@ -10,7 +10,7 @@ What is quantized, and how (TensorRT's explicit-quantization conventions):
 - int8 symmetric (zero point 0) activations with one scale per tensor, int8 symmetric weights per output channel;
 - activation ranges: min/max over the calibration set, collected here with an ONNX Runtime session that can run
   the plugin flavor's TokenSelect, then handed to ONNX Runtime's quantizer as its calibration cache.
-What is not: every node of the token score / selection path (`selection_path.selection_nodes`), which is checked
+What is not: every node of the token score / selection path (as the export recorded it), which is checked
 after quantization to see no int8-rounded value; attention's activation-activation products (QK^T, AV).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pipeline.export import schema
 from pipeline.export.graph import constant_names
 from pipeline.export.metadata import attach, read_info
 
-from calib.selection_path import COMPUTE_OPS, is_weight_product, rounded_inputs, score_feeding, selection_nodes
+from calib.qdq_graph import COMPUTE_OPS, is_weight_product, recorded_selection, rounded_inputs, score_feeding
 from calib.sets import CalibSet
 
 QUANT_KEY = "tokengate_quantization"  # outside read_info's "tokengate." prefix, so older readers ignore it
@@ -136,10 +136,10 @@ def quantize_onnx(src: str | Path, cal: CalibSet, images: np.ndarray, out: Optio
     model = onnx.load(str(src))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise fail(f"{src} is already quantized", "quantize the fp32 export (model.<flavor>.onnx)")
-    excluded = selection_nodes(model)
+    excluded, scores = recorded_selection(info, src)
     chosen = weight_nodes(model, set(excluded))
     if score_layers_fp32:
-        feeding = set(score_feeding(model, chosen))
+        feeding = set(score_feeding(model, chosen, scores))
         excluded += [n for n in chosen if n in feeding]
         chosen = [n for n in chosen if n not in feeding]
     ranges = collect_ranges(model, activation_inputs(model, chosen), images)

@@ -36,7 +36,8 @@ def token_select_graph(num_prefix: int, min_keep: int) -> onnx.ModelProto:
 
 
 def _scored_stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
-    """block compute (MatMul) -> scores (ReduceMean, Div) -> S > theta -> mask the tokens -> LayerNormalization."""
+    """block compute (MatMul) -> scores (ReduceMean, Div) -> S > theta -> mask the tokens (Where, as exports apply
+    masks) -> LayerNormalization."""
     c = lambda name, value: numpy_helper.from_array(np.array(value, np.float32), f"{prefix}{name}")  # noqa: E731
     inits = [c("w", np.eye(4)), c("two", 2.0), c("theta", theta), c("zero", 0.0), c("ninf", -np.inf)]
     n = lambda op, ins, outs, **kw: helper.make_node(op, [f"{prefix}{i}" if i not in (x,) else i for i in ins],  # noqa
@@ -49,9 +50,8 @@ def _scored_stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
         n("Where", ["keep", "scores", "ninf"], ["ranked"]),  # a copy of S (as in the capped re-ranking)
         n("Greater", ["ranked", "zero"], ["positive"]),  # compares the copy with a constant: not a stage of its own
         n("And", ["keep", "positive"], ["kept"]),
-        n("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
-        n("Unsqueeze", ["mask", "axis"], ["mask3"]),
-        n("Mul", ["h", "mask3"], ["y"]),
+        n("Unsqueeze", ["kept", "axis"], ["mask3"]),
+        n("Where", ["mask3", "h", "zero"], ["y"]),
         n("LayerNormalization", ["y", "gamma"], ["normed"], axis=-1),
     ]
     inits += [numpy_helper.from_array(np.array([2], np.int64), f"{prefix}axis"), c("gamma", np.ones(4))]
@@ -59,7 +59,8 @@ def _scored_stage(prefix: str, x: str, theta: float) -> tuple[list, list, str]:
 
 
 def two_stage_graph() -> onnx.ModelProto:
-    """Two standard-op token stages on x [B, 5, 4]: what the bench's region finder and timer take apart."""
+    """Two standard-op token stages on x [B, 5, 4]: what the selection finder and the bench's region timer take
+    apart."""
     nodes1, inits1, out1 = _scored_stage("a_", "x", 1.0)
     nodes2, inits2, out2 = _scored_stage("b_", out1, 0.5)
     graph = helper.make_graph(nodes1 + nodes2, "two_stages",

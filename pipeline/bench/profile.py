@@ -1,15 +1,10 @@
 """TokenSelect's share of run time, from ONNX Runtime's profiler.
 
-Attribution works on the exported graph (ORT keeps node names in its per-node `*_kernel_time` events):
-- plugin flavors: the fused `tokengate::TokenSelect` nodes are the selection;
-- standard-op flavors: for each stage, the scores tensor S (the non-constant input of the one `score > threshold`
-  comparison per stage that no other such comparison feeds) anchors the region. Its selection is every node
-  computed from S before any block compute (matrix product, LayerNorm) uses it: the keep mask, the compaction, the
-  kept counts and the padding mask or packed layout built from them; plus the copies feeding it (Slice, Gather,
-  Concat, ...) that do not also feed the scores;
-- scores (both): the nodes that compute S and nothing else (class-attention row, head importance, normalisation).
-The graph analysed is the one ORT runs (its optimized model, saved by the profiling session), so fused nodes are
-named as in the profile; `matched` says how much kernel time the analysed graph's node names cover.
+The regions are the ones the exporter recorded (`ExportInfo.selection`, pipeline.export.selection): `select` (the
+decisions, compaction, kept counts and masks; the fused TokenSelect nodes of plugin flavors) and `scores` (the
+class-attention row, head importance and normalisation). The graph timed is the one ORT runs (its optimized model,
+saved by the profiling session): ORT keeps the names of the nodes it does not fuse, and `matched` says how much
+kernel time the analysed graph's node names cover.
 """
 from __future__ import annotations
 
@@ -17,64 +12,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
 
 from pipeline.bench.region_time import RegionTimes, time_regions
-from pipeline.contract import DOMAIN as CUSTOM_DOMAIN
 from pipeline.errors import fail
-from pipeline.export.graph import constant_names, node_reads
+from pipeline.export.metadata import ExportInfo
 from pipeline.runners.ort_runner import OrtRunner
-
-GLUE_OPS = frozenset({"Slice", "Shape", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Gather", "Concat", "Range",
-                      "Constant", "ConstantOfShape", "Cast", "Transpose", "Identity"})
-NORM_OPS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-                      "SkipSimplifiedLayerNormalization"})
-BLOCK_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Einsum"}) | NORM_OPS
-
-
-@dataclass
-class Graph:
-    """Producers and consumers of an ONNX graph's tensors, nodes by index (topological order). A node reads what
-    `node_reads` says: a Loop's body reads outer tensors it does not list as inputs."""
-
-    nodes: list[onnx.NodeProto]
-    reads: list[list[str]]
-    producer: dict[str, int]
-    consumers: dict[str, list[int]]
-    constants: set[str]
-
-    @staticmethod
-    def of(model: onnx.ModelProto) -> "Graph":
-        nodes = list(model.graph.node)
-        reads = [node_reads(n) for n in nodes]
-        producer, consumers = {}, {}
-        for i, node in enumerate(nodes):
-            for name in node.output:
-                producer[name] = i
-            for name in reads[i]:
-                consumers.setdefault(name, []).append(i)
-        return Graph(nodes, reads, producer, consumers, constant_names(model))
-
-    def ancestors(self, tensors: Iterable[str]) -> set[int]:
-        seen, stack = set(), [self.producer[t] for t in tensors if t in self.producer]
-        while stack:
-            i = stack.pop()
-            if i not in seen:
-                seen.add(i)
-                stack += [self.producer[t] for t in self.reads[i] if t in self.producer]
-        return seen
-
-    def descendants(self, tensors: Iterable[str]) -> set[int]:
-        seen, stack = set(), [c for t in tensors for c in self.consumers.get(t, [])]
-        while stack:
-            i = stack.pop()
-            if i not in seen:
-                seen.add(i)
-                stack += [c for t in self.nodes[i].output for c in self.consumers.get(t, [])]
-        return seen
 
 
 @dataclass
@@ -87,78 +33,11 @@ class Regions:
     stages: int = 0
 
 
-def score_tensors(graph: Graph) -> list[str]:
-    """Per stage, the scores tensor S of `S > threshold` (threshold constant-folded by the exporter)."""
-    candidates = []
-    for node in graph.nodes:
-        if node.op_type != "Greater" or len(node.input) != 2:
-            continue
-        a, b = node.input
-        if (a in graph.constants) != (b in graph.constants):
-            candidates.append(b if a in graph.constants else a)
-    candidates = list(dict.fromkeys(candidates))
-    # nan_to_num / isposinf inside the min_keep ranking (and the capped flavor's re-ranking) compare copies of S: drop
-    # candidates that another one feeds with no block compute (matrix product, LayerNorm) in between. The next
-    # stage's scores always have one.
-    copies = set()
-    for o in candidates:
-        downstream = graph.descendants([o])
-        after_block = graph.descendants([t for i in downstream if graph.nodes[i].op_type in BLOCK_OPS
-                                         for t in graph.nodes[i].output])
-        copies |= {c for c in candidates if c != o and graph.producer.get(c) in downstream - after_block}
-    return [c for c in candidates if c not in copies]
-
-
-def exclusive_ancestors(graph: Graph, tensor: str) -> set[int]:
-    """Nodes that compute `tensor` and nothing else (every output consumed only inside the set)."""
-    if tensor not in graph.producer:
-        return set()
-    ancestors = graph.ancestors([tensor])
-    exclusive = {graph.producer[tensor]}
-    for i in sorted(ancestors, reverse=True):  # consumers come after producers in a topological order
-        if i in exclusive:
-            continue
-        users = [c for t in graph.nodes[i].output for c in graph.consumers.get(t, [])]
-        if users and all(c in exclusive for c in users):
-            exclusive.add(i)
-    return exclusive
-
-
-def selection_regions(model: onnx.ModelProto) -> Regions:
-    graph = Graph.of(model)
-    fused = [i for i, n in enumerate(graph.nodes) if n.domain == CUSTOM_DOMAIN]
-    out = Regions()
-    if fused:
-        out.method, out.stages = "fused tokengate::TokenSelect nodes", len(fused)
-        out.select = {graph.nodes[i].name for i in fused}
-        scores = [graph.nodes[i].input[1] for i in fused]
-    else:
-        scores = score_tensors(graph)
-        out.method, out.stages = "graph region between each stage's scores and its selected tokens", len(scores)
-        for s in scores:
-            out.select |= {graph.nodes[i].name for i in _standard_selection(graph, s)}
-    for s in scores:
-        out.scores |= {graph.nodes[i].name for i in exclusive_ancestors(graph, s)}
-    out.scores -= out.select
-    return out
-
-
-def _standard_selection(graph: Graph, scores: str) -> set[int]:
-    downstream = graph.descendants([scores])
-    blocks = {i for i in downstream if graph.nodes[i].op_type in BLOCK_OPS}
-    after_blocks = graph.descendants([t for i in blocks for t in graph.nodes[i].output])
-    region = downstream - blocks - after_blocks
-    upstream_of_scores = graph.ancestors([scores])
-    frontier = list(region)
-    while frontier:  # pull in the copies that feed the region (x[:, :P], x[:, P:], shapes), not the scores' path
-        i = frontier.pop()
-        for t in graph.reads[i]:
-            p = graph.producer.get(t)
-            if p is not None and p not in region and p not in upstream_of_scores and \
-                    graph.nodes[p].op_type in GLUE_OPS:
-                region.add(p)
-                frontier.append(p)
-    return region
+def recorded_regions(selection: dict[str, list[str]], stages: int, graph: onnx.ModelProto) -> Regions:
+    """The recorded regions, restricted to the nodes of `graph` (ORT's optimized graph drops folded nodes)."""
+    names = {n.name for n in graph.graph.node}
+    return Regions(select=set(selection.get("select", ())) & names, scores=set(selection.get("scores", ())) & names,
+                   method="nodes recorded by the exporter (tokengate.selection)", stages=stages)
 
 
 @dataclass
@@ -255,7 +134,11 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
         if profiled.optimized is not None:
             profiled.optimized.unlink(missing_ok=True)
     del profiled
-    regions = selection_regions(model)
+    info: Optional[ExportInfo] = call.info
+    if info is None or not info.selection:
+        raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
+                   "re-export it with this version (tokengate export RUN)")
+    regions = recorded_regions(info.selection, len(info.stages), model)
     shares = parse_profile(events, regions, {n.name for n in model.graph.node})
     if call.runtime != "ort-cpu":
         return SelectionCost(shares.select_share, shares.scores_share, None, shares)

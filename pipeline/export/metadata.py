@@ -12,7 +12,7 @@ from pipeline.config import Config, config_from_dict
 from pipeline.errors import fail
 
 PREFIX = "tokengate."
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the selection regions
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ExportInfo:
     opset: int
     run_dir: str
     passes: dict[str, int] = field(default_factory=dict)  # graph pass -> nodes it rewrote (pipeline.export.onnx_export)
+    # "scores" and "select": names of the nodes that score and select tokens (pipeline.export.selection), read by
+    # quantization (kept in fp32) and the bench's selection share; empty for dense
+    selection: dict[str, list[str]] = field(default_factory=dict)
 
     def run_config(self) -> Config:
         return config_from_dict(self.config)

@@ -9,7 +9,8 @@ dense: the teacher, no token selection: the speed baseline.
 
 Passes, in order, each recorded in the file's metadata (`passes`): `fold_weights` (weight views into initializers),
 `varlen` (packed only: per-sample attention placeholders into standard ops), `bias_gemm` (a linear layer's bias into
-a 2-D Gemm, which ONNX Runtime CPU fuses).
+a 2-D Gemm, which ONNX Runtime CPU fuses). The token scoring and selection nodes of the final graph are recorded too
+(`selection`, pipeline.export.selection).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pipeline.export import schema, varlen
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
+from pipeline.export.selection import selection_regions
 from pipeline.models import GatedViT
 from pipeline.models.packed import PackedForward, per_sample_attention_pays
 
@@ -115,7 +117,7 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
             raise fail("the packed export kept a per-sample attention placeholder that the varlen pass did not "
                        "reach (inside a function or subgraph)", "report it with the model; --flavor native exports it")
     passes["bias_gemm"] = fuse_bias_into_gemm(proto)
-    attach(proto, replace(info, passes=passes))
+    attach(proto, replace(info, passes=passes, selection={} if flavor == "dense" else selection_regions(proto)))
     path = Path(path)
     with atomic_path(path) as tmp:
         large = proto.ByteSize() > TWO_GB

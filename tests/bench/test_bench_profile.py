@@ -1,30 +1,31 @@
-"""TokenSelect attribution: which nodes of a graph are the selection / the scores, and their share of a profile."""
+"""TokenSelect attribution: the recorded regions on the graph ORT runs, and their share of a profile."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.bench.profile import parse_profile, selection_regions
-from tests.onnx_models import token_select_graph, two_stage_graph
+from pipeline.bench.profile import parse_profile, recorded_regions
+from pipeline.export.selection import selection_regions
+from tests.onnx_models import two_stage_graph
 
 
-def test_standard_op_regions_find_each_stage():
-    regions = selection_regions(two_stage_graph())
-    assert regions.stages == 2
-    for p in ("a_", "b_"):
-        assert {f"{p}{n}" for n in ("keep", "ranked", "positive", "kept", "mask", "mask3", "y")} <= regions.select
-        assert {f"{p}raw", f"{p}scores"} <= regions.scores
-        assert not {f"{p}h", f"{p}normed"} & (regions.select | regions.scores)  # block compute is neither
+def _regions(model=None):
+    model = model or two_stage_graph()
+    return recorded_regions(selection_regions(model), 2, model)
 
 
-def test_fused_node_is_the_selection():
-    model = token_select_graph(num_prefix=1, min_keep=1)
-    model.graph.node[0].name = "select"
-    regions = selection_regions(model)
-    assert regions.stages == 1 and regions.select == {"select"}
+def test_recorded_regions_keep_only_the_nodes_the_runtime_graph_has():
+    model = two_stage_graph()
+    recorded = selection_regions(model)
+    optimized = two_stage_graph()
+    optimized.graph.node.remove(next(n for n in optimized.graph.node if n.name == "a_ranked"))  # as if ORT fused it
+    regions = recorded_regions(recorded, 2, optimized)
+    assert "a_ranked" in recorded["select"] and "a_ranked" not in regions.select
+    assert regions.select == set(recorded["select"]) - {"a_ranked"} and regions.scores == set(recorded["scores"])
+    assert regions.stages == 2 and "recorded" in regions.method
 
 
 def test_profile_shares_skip_the_warm_up_run():
-    regions = selection_regions(two_stage_graph())
+    regions = _regions()
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 1000},  # warm-up: ignored
         {"cat": "Node", "name": "a_keep_kernel_time", "ts": 10, "dur": 900, "args": {"op_name": "Greater"}},
@@ -45,7 +46,7 @@ def test_profile_shares_skip_the_warm_up_run():
 
 def test_profile_shares_are_medians_over_runs():
     """Three runs after the warm-up; the middle one is slowed (twice the selection time): it does not set the share."""
-    regions = selection_regions(two_stage_graph())
+    regions = _regions()
     events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}]  # warm-up
     for start, keep, run in ((1000, 20, 200), (2000, 60, 300), (3000, 30, 200)):
         events += [

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.bench.profile import selection_regions
+from pipeline.export.selection import selection_regions
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.bench.region_time import check_names, cut_region, region_inputs, tapped, time_regions
@@ -37,7 +37,7 @@ def _run_cut(model: onnx.ModelProto, names: set[str], values: dict[str, np.ndarr
 def test_cut_selection_computes_what_it_computes_inside_the_model():
     model = two_stage_graph()
     values = _values(model, np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32))
-    select = selection_regions(model).select
+    select = set(selection_regions(model)["select"])
     cut, out = _run_cut(model, select, values)
     assert "x" not in cut.inputs and {"a_scores", "b_scores"} <= set(cut.inputs)  # fed from outside the region
     assert {"a_y", "b_y"} <= set(cut.outputs)  # the masked tokens, read by each stage's LayerNormalization
@@ -117,10 +117,10 @@ def test_time_regions_reports_a_share_per_region(tmp_path):
     model = two_stage_graph()
     path = tmp_path / "two_stages.onnx"
     onnx.save(model, path)
-    regions = selection_regions(model)
+    regions = {key: set(names) for key, names in selection_regions(model).items()}
     rng = np.random.default_rng(2)
     batches = [rng.normal(size=(b, 5, 4)).astype(np.float32) for b in (1, 3)]
-    times = time_regions(model, {"select": regions.select, "scores": regions.scores, "empty": set()},
+    times = time_regions(model, {**regions, "empty": set()},
                          OrtRunner(path, threads=1, ours=False), batches, reps=2)
     assert (times.batches, times.reps) == (2, 2)
     assert set(times.shares) == set(times.region_s) == {"select", "scores", "empty"}

@@ -19,10 +19,11 @@ pytestmark = pytest.mark.slow  # exports a run (shared with test_calib_cli.py)
 from calib.check_data import calibration_inputs, validation_inputs
 from calib.qdq_check import compare, patch_count
 from calib.quantize import quantize_onnx, read_quantization
-from calib.selection_path import rounded_inputs, selection_nodes
+from calib.qdq_graph import recorded_selection, rounded_inputs
 from pipeline.cli import main
 from pipeline.errors import TokenGateError
 from pipeline.export.metadata import read_info
+from pipeline.export.selection import selection_nodes
 
 TOP1_TOL = 1.0
 PREDICTION_MIN = 0.94
@@ -50,7 +51,8 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
     # qkv, proj, fc1, fc2 per block, patch embedding and head; and, since a calibrated run keeps dropped tokens as
     # context, the context rows' K/V projection in every block from the first stage on
     assert len(result.quantized) == 4 * depth + 2 + (depth - first_stage)
-    excluded = selection_nodes(source)
+    excluded = recorded_selection(read_info(exported[flavor]), exported[flavor])[0]
+    assert set(excluded) == set(selection_nodes(source)), "quantization reads the selection the export recorded"
     types = {n.name: n.op_type for n in source.graph.node}
     assert {"ReduceL2", "Greater", "TopK"} <= {types[n] for n in excluded}, "head importance, comparisons, ranking"
     softmax = {out for n in source.graph.node if n.op_type == "Softmax" for out in n.output}
@@ -153,5 +155,5 @@ def test_kept_set_readout_takes_each_stages_kept_compaction(exported):
 
 
 def _topk_names(model):
-    chosen = set(selection_nodes(model))
+    chosen = set(recorded_selection(read_info("model.onnx", model), "model.onnx")[0])
     return [n.output[1] for n in model.graph.node if n.op_type == "TopK" and n.name in chosen]

@@ -212,3 +212,27 @@ def test_weights_are_stored_once_and_read_straight(exported):
         assert not views, flavor
         stored = sum(int(np.prod(t.dims)) for t in weights.values())
         assert 0.95 * params <= stored <= params * 1.05, flavor
+
+
+def test_every_flavor_records_its_selection_nodes(exported):
+    """The record is what the finder says of the written file: named nodes of that file, a decision per stage in
+    `select` (TokenSelect, or the threshold comparison), the class-attention scoring in `scores`; none for dense."""
+    from pipeline.export.selection import selection_regions
+
+    _, run, paths = exported
+    stages = len(load_student(run).stages)
+    for flavor, path in paths.items():
+        model = onnx.load(str(path))
+        recorded = read_info(path).selection
+        if flavor == "dense":
+            assert recorded == {}
+            continue
+        assert recorded == selection_regions(model), flavor
+        names = [n.name for n in model.graph.node]
+        assert len(set(names)) == len(names) and "" not in names, flavor
+        types = {n.name: n.op_type for n in model.graph.node}
+        select, scores = recorded["select"], recorded["scores"]
+        assert set(select) | set(scores) <= set(names) and not set(select) & set(scores), flavor
+        decision = "TokenSelect" if flavor == "plugin" else "Greater"
+        assert sum(types[n] == decision for n in select) >= stages, flavor
+        assert "ReduceL2" in {types[n] for n in scores}, f"{flavor}: head importance is part of the scores"
