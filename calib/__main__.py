@@ -4,7 +4,6 @@
     python -m calib build --image-folder DIR --size 224 --out calib/sets/mine [--per-class 20] [--seed 0]
     python -m calib build --fashion-mnist ROOT --out calib/sets/fm50 --per-class 50
     python -m calib show calib/sets/fmnist-default
-    python -m calib ablate runs/fmnist-tiny --counts 49,15,13 [--counts ...] [--set data.val_limit=2000] [--json F]
 """
 from __future__ import annotations
 
@@ -36,17 +35,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--seed", type=int, default=sets.DEFAULT_SEED)
     show = sub.add_parser("show", help="print a set's manifest summary and verify its hashes")
     show.add_argument("set", nargs="?", default="default")
-    ablate = sub.add_parser("ablate", help="top-1 at fixed token counts per ranking, and with fused dropped tokens "
-                                           "(calib/ablation.py): where a training-free loss comes from")
-    ablate.add_argument("run", help="run directory; its dense teacher is used")
-    ablate.add_argument("--counts", action="append", required=True,
-                        help="patch tokens kept per stage, e.g. 49,15,13 (repeat for several)")
-    ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="data override, e.g. data.val_limit=2000")
-    ablate.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     try:
-        commands = {"build-default": _build_default, "build": _build, "show": _show, "ablate": _ablate}
+        commands = {"build-default": _build_default, "build": _build, "show": _show}
         return commands[args.command](args)
     except TokenGateError as exc:
         print(f"python -m calib {args.command}: error: {exc}", file=sys.stderr)
@@ -90,33 +81,6 @@ def _show(args: argparse.Namespace) -> int:
     print(f"{m.id}  {len(cal)} images {tuple(m.image_shape)} from {m.source}")
     print(f"seed {m.seed}, per class {m.per_class}: " + ", ".join(f"{c}={n}" for c, n in zip(m.classes, m.counts)))
     print(f"digest {m.digest}  arrays {m.arrays_sha256}  (verified)")
-    return 0
-
-
-def _ablate(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import write_json
-    from pipeline.data import load_dataset
-    from pipeline.models import build_student
-
-    from calib.ablation import ablation_table
-    from calib.calibrate import calibrated_config
-    from calib.source import resolve_source
-
-    try:
-        counts = [tuple(int(v) for v in c.split(",")) for c in args.counts]
-    except ValueError:
-        raise fail(f"--counts {args.counts} must be comma-separated integers", "e.g. --counts 49,15,13") from None
-    source = resolve_source(args.run, overrides=args.set)
-    cfg = calibrated_config(source, 1.0, "discard")  # token stages only; the ablation drops tokens itself
-    model = build_student(cfg, weights_from=source.teacher, static_gates=False).eval()
-    dataset = load_dataset(cfg.data, cfg.model)
-    rows = ablation_table(model, dataset, dataset.val, counts)
-    print(f"{len(dataset.val)} validation images, stages before blocks {list(model.stages)}")
-    print("| counts | ranking | fused | top-1 |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {','.join(map(str, r['counts']))} | {r['ranking']} | {'yes' if r['fuse'] else 'no'} | {r['top1']:.2f} |")
-    if args.json:
-        write_json(args.json, {"run": args.run, "images": len(dataset.val), "stages": list(model.stages), "rows": rows})
     return 0
 
 

@@ -98,3 +98,10 @@ def make_run(out: Path, cfg: Config, sharpen: float = 4.0) -> Path:
     save_teacher(teacher, out / "teacher.safetensors", cfg)
     save_student(student, out / "student.safetensors", cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, fmnist_root):
+    """An untrained tiny run (4 blocks, 16 patches, stages before blocks 2 and 3) whose attention really drops."""
+    cfg = tiny_config(fmnist_root)
+    return cfg, make_run(tmp_path_factory.mktemp("small_run"), cfg)

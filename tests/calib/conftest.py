@@ -1,11 +1,11 @@
 """Fixtures for the calib tests: a calibration set from the synthetic Fashion-MNIST, small runs, and one calibrated,
-exported run shared by the CLI and quantization tests (its export dominates their time)."""
+exported run shared by the CLI and quantization tests (its export dominates their time). `small_run` is in
+tests/conftest.py (tools/ tests use it too)."""
 from __future__ import annotations
 
 import pytest
 
 from calib import sets
-from tests.conftest import make_run, tiny_config
 
 PER_CLASS = 6
 
@@ -15,13 +15,6 @@ def calib_set(tmp_path_factory, fmnist_root):
     """6 images per class of the synthetic train split (60 images)."""
     manifest, images, labels = sets.build_fashion_mnist(str(fmnist_root), PER_CLASS, seed=0, name="synthetic")
     return sets.load_set(sets.save_set(tmp_path_factory.mktemp("calib_set"), manifest, images, labels))
-
-
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory, fmnist_root):
-    """An untrained tiny run (4 blocks, 16 patches, stages before blocks 2 and 3) whose attention really drops."""
-    cfg = tiny_config(fmnist_root)
-    return cfg, make_run(tmp_path_factory.mktemp("small_run"), cfg)
 
 
 @pytest.fixture(scope="session")
