@@ -1,13 +1,22 @@
-"""The PyTorch runner: a run's student (or teacher) in hard-drop inference, the reference the others match."""
+"""The PyTorch runner: a run's student (or teacher) in hard-drop inference, the reference the others match.
+
+`TorchRunner.polygraphy` is the same model as a Polygraphy runner, so a Comparator can put PyTorch beside ONNX
+Runtime and TensorRT. Ours, not Polygraphy's PytRunner: that one moves every input to CUDA and calls the module's
+forward, and the reference runs `forward_dropped` on the CPU.
+"""
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
 from pipeline.errors import fail
-from pipeline.runners.base import RunnerOutput
+from pipeline.runners.base import INPUT_NAME, KEPT, LOGITS, RunnerOutput, to_output
 from pipeline.runners.inputs import check_batch
 
 
@@ -51,11 +60,16 @@ class TorchRunner:
         self.artifact, self.device, self.config, self.threads = str(artifact), torch.device(device), cfg, threads
         self.model = net.eval().to(self.device)
         self.input_shape = (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
+        self.polygraphy = PolygraphyTorchRunner(self, name=f"torch:{path.name}:{self.model_kind}")
 
     def infer(self, images: np.ndarray) -> RunnerOutput:
+        return to_output(self.run(check_batch(images, self.input_shape)))
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by tensor name (as the exported graph names them) for a checked batch."""
         import torch
 
-        batch = torch.from_numpy(check_batch(images, self.input_shape)).to(self.device)
+        batch = torch.from_numpy(images).to(self.device)
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -64,5 +78,25 @@ class TorchRunner:
                 logits, lengths = self.model.forward_dropped(batch)
         finally:
             torch.set_num_threads(previous)
-        kept = lengths.cpu().numpy().astype(np.int32) if self.model.stages else None
-        return RunnerOutput(logits=logits.float().cpu().numpy(), kept_tokens=kept)
+        out = OrderedDict([(LOGITS, logits.float().cpu().numpy())])
+        if self.model.stages:
+            out[KEPT] = lengths.cpu().numpy().astype(np.int32)
+        return out
+
+
+class PolygraphyTorchRunner(BaseRunner):
+    """A TorchRunner behind Polygraphy's runner interface: feed {"images": [B, C, H, W]}, outputs by name."""
+
+    def __init__(self, runner: TorchRunner, name: Optional[str] = None):
+        super().__init__(name=name, prefix="tokengate-torch-runner")
+        self.runner = runner
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(INPUT_NAME, np.float32, ("batch", *self.runner.input_shape))
+
+    def infer_impl(self, feed_dict: dict) -> dict[str, np.ndarray]:
+        images = check_batch(feed_dict[INPUT_NAME], self.runner.input_shape)
+        start = time.perf_counter()
+        outputs = self.runner.run(images)
+        self.inference_time = time.perf_counter() - start
+        return outputs

@@ -99,8 +99,11 @@ def reference_runner(subject: Subject) -> Runner:
 
 
 def torch_gap(logits: np.ndarray, reference: np.ndarray) -> float:
-    """max |logits - reference| as validate reports it (`max_abs_diff_vs_torch`; NaN/Inf: inf)."""
-    return _max_abs(logits, reference)
+    """max |logits - reference| as validate reports it (`max_abs_diff_vs_torch`; NaN/Inf: inf), measured by
+    Polygraphy's Comparator: the statistic `polygraphy run --check-error-stat max --rtol 0` holds to --atol."""
+    from pipeline.runners.compare import logit_gap
+
+    return logit_gap(logits, reference, math.inf).max_abs
 
 
 class _ValidationData:
@@ -191,7 +194,11 @@ def _report(subject: Subject, runner: Runner, reference: Optional[Runner], data:
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b| (in float64, so the difference itself is exact); NaN/Inf become inf: no tolerance holds."""
+    """Largest |a - b| (in float64, so the difference itself is exact); NaN/Inf become inf: no tolerance holds.
+
+    Ours, not Polygraphy's: it compares one runner with itself across batch compositions (logits gathered by
+    sample), which its Comparator, running every runner on the same feeds, does not do.
+    """
     diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
     return diff if math.isfinite(diff) else math.inf
 

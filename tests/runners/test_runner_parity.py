@@ -1,14 +1,17 @@
 """Both adaptive flavors through ONNX Runtime: parity with the PyTorch student, and batch invariance.
 
 One checker per property, run on ort-cpu always and on ort-cuda where a GPU and onnxruntime-gpu are present (there
-the plugin flavor gives way to its native sibling, by design).
+the plugin flavor gives way to its native sibling, by design). Parity goes through Polygraphy's Comparator over the
+runners' Polygraphy runners; batch invariance is ours (one runner against itself across batch compositions).
 """
 import numpy as np
 import onnxruntime as ort
 import pytest
+from polygraphy.comparator import Comparator
 
 from pipeline.data import load_dataset
 from pipeline.runners import make_runner
+from pipeline.runners.compare import accuracy_gaps, quiet
 from tests.onnx_models import exported_run
 
 RUNTIMES = ["ort-cpu", pytest.param("ort-cuda", marks=[
@@ -31,12 +34,15 @@ def setup(tmp_path_factory, fmnist_root):
 @pytest.mark.parametrize("flavor", ["plugin", "native"])
 def test_onnxruntime_matches_pytorch_and_keeps_the_same_tokens(setup, flavor, runtime):
     run, images, torch_runner = setup
-    got = make_runner(run / f"model.{flavor}.onnx", runtime).infer(images)
-    expected = torch_runner.infer(images)
-    np.testing.assert_array_equal(got.kept_tokens, expected.kept_tokens)
-    assert np.abs(got.logits - expected.logits).max() <= PARITY_TOL
-    kept = got.kept_tokens[:, -1]
+    runner = make_runner(run / f"model.{flavor}.onnx", runtime)
+    feeds = [{"images": images[:7]}, {"images": images}]  # two batch sizes, the odd inputs in the second
+    with quiet():
+        results = Comparator.run([runner.polygraphy, torch_runner.polygraphy], data_loader=feeds)
+    gaps = accuracy_gaps(results, {"logits": PARITY_TOL, "kept_tokens": 0})
+    assert all(gap.passed for gap in gaps), gaps  # logits within PARITY_TOL, kept tokens equal
+    kept = results[0][1][-1]["kept_tokens"][:, -1]
     assert kept.min() < kept.max() < 17  # the stages really drop tokens, and differently per sample
+    np.testing.assert_array_equal(runner.infer(images).kept_tokens, results[1][1][-1]["kept_tokens"])
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

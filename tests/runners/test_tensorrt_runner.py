@@ -1,18 +1,19 @@
 """TensorRTRunner: its checks before deserializing (from engine.json), batches against the profile, chunking, and
-the output allocator's buffers. The run itself needs a GPU plus TensorRT or TensorRT-RTX, and skips without them."""
+which TensorRT Polygraphy binds. The run itself needs a GPU plus TensorRT or TensorRT-RTX, and skips without them."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.build.profile import BatchProfile
 from pipeline.errors import TokenGateError
 from pipeline.runners import tensorrt as runner
 from pipeline.runners.base import RunnerOutput
-from pipeline.runners.tensorrt import GrowingBuffers, TensorRTRunner, chunks, merge
+from pipeline.runners.tensorrt import TensorRTRunner, bind_polygraphy, chunks, merge
 from tests.build.helpers import make_engine
 
 PARITY_TOL = 1e-3  # fp32 TensorRT vs ONNX Runtime CPU: other kernels and summation orders, no TF32
@@ -26,46 +27,31 @@ def test_chunks_helper_is_exported_for_callers():
     assert chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
 
 
-def test_growing_buffers_reallocate_only_to_grow():
-    made = []
-
-    def allocate(nbytes):
-        made.append(nbytes)
-        return torch.zeros(nbytes, dtype=torch.uint8)
-
-    buffers = GrowingBuffers(allocate)
-    first = buffers.pointer("y", 64)
-    assert buffers.pointer("y", 32) == first and made == [64]  # big enough: same memory
-    assert buffers.pointer("y", 256) != first and made == [64, 256]
-    buffers.pointer("lengths", 0)
-    assert made[-1] == 1  # TensorRT may ask for 0 bytes; a real pointer is still returned
-
-
-def test_growing_buffers_view_the_reported_shape_and_type():
-    buffers = GrowingBuffers(lambda n: torch.zeros(n, dtype=torch.uint8))
-    buffers.pointer("y", 1024)
-    buffers.buffers["y"][:24].view(torch.float32).copy_(torch.arange(6, dtype=torch.float32))
-    buffers.shapes["y"] = (2, 3)
-    np.testing.assert_array_equal(buffers.tensor("y", torch.float32).numpy(), [[0, 1, 2], [3, 4, 5]])
-
-
-@needs_rtx
-def test_output_allocator_subclasses_the_runtime_interface():
-    import tensorrt_rtx as trt
-
-    buffers = GrowingBuffers(lambda n: torch.zeros(n, dtype=torch.uint8))
-    allocator = runner.make_output_allocator(trt, buffers)
-    assert isinstance(allocator, trt.IOutputAllocator)
-    pointer = allocator.reallocate_output_async("kept", None, 128, 256, 0)
-    allocator.notify_shape("kept", trt.Dims([2, 16]))
-    assert pointer == buffers.buffers["kept"].data_ptr() and buffers.shapes["kept"] == (2, 16)
-
-
 def test_merge_keeps_chunk_order_and_dense_has_no_kept_tokens():
     parts = [{"logits": np.full((2, 3), i, np.float32), "kept_tokens": np.full((2, 1), i, np.int32)} for i in (0, 1)]
     out = merge(parts)
     assert out.logits[:, 0].tolist() == [0, 0, 1, 1] and out.kept_tokens[:, 0].tolist() == [0, 0, 1, 1]
     assert merge([{"logits": np.zeros((1, 3), np.float32)}]).kept_tokens is None
+
+
+class _ReusingTrtRunner:
+    """Stands in for an active TrtRunner, which returns views of the same host buffers on every call."""
+
+    def __init__(self):
+        self.logits = np.zeros((16, 2), np.float32)
+
+    def infer(self, feed, check_inputs=True):
+        batch = len(feed["images"])
+        self.logits[:batch] = feed["images"].reshape(batch, -1)[:, :2]
+        return {"logits": self.logits[:batch]}
+
+
+def test_chunks_outlive_the_trt_runner_buffers_they_came_from():
+    bare = _bare_runner(auto_chunk=True)
+    del bare._run  # the real _run, over a stand-in for Polygraphy's runner
+    bare._active, bare._input_dtype = _ReusingTrtRunner(), np.float32
+    images = np.random.default_rng(0).standard_normal((40, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(bare.infer(images).logits, images.reshape(40, -1)[:, :2])  # exact: copies
 
 
 def _bare_runner(auto_chunk: bool) -> TensorRTRunner:
@@ -152,6 +138,32 @@ def test_a_runtime_that_is_not_installed(tmp_path, monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
     with pytest.raises(TokenGateError, match="TensorRT is not importable here"):
         TensorRTRunner(path)
+
+
+def _bound_module(runtime: str) -> str:
+    """The module Polygraphy's TrtRunner and its dtype mapping use after bind_polygraphy, in a fresh process."""
+    code = ("from pipeline.runners.tensorrt import bind_polygraphy; bind_polygraphy(%r); "
+            "import polygraphy.backend.trt.runner as r, polygraphy.datatype.tensorrt as d; "
+            "print(r.trt.__name__, d.trt.__name__)"
+            % runtime)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()[-2:]
+
+
+@needs_rtx
+def test_an_rtx_engine_binds_polygraphy_to_tensorrt_rtx_in_a_fresh_process():
+    assert _bound_module("tensorrt-rtx") == ["tensorrt_rtx", "tensorrt_rtx"]
+
+
+def test_polygraphy_bound_to_one_runtime_refuses_the_other(monkeypatch):
+    from polygraphy import config
+
+    monkeypatch.setattr(config, "USE_TENSORRT_RTX", False)
+    bind_polygraphy("tensorrt")  # already bound to it: nothing to do
+    with pytest.raises(TokenGateError, match="already runs TensorRT, and this is a TensorRT-RTX engine.*"
+                                             "POLYGRAPHY_USE_TENSORRT_RTX=1"):
+        bind_polygraphy("tensorrt-rtx")
 
 
 def _gpu_runtime() -> str | None:
