@@ -1,0 +1,94 @@
+"""Time ONNX files against each other in one interleaved run on ONNX Runtime CPU: an A/B of two builds of a graph.
+
+    python -m tools.ab_time --config configs/deit-s-224.yaml --baseline new-dense \
+        new-dense=runs/bench/deit-s-224/model.dense.onnx new-packed=runs/bench/deit-s-224/model.packed.onnx \
+        old-dense=OLD/dense.onnx old-packed=OLD/packed.onnx [--pair old-packed=old-dense] [--batch-sizes 1,16]
+
+The files may come from other checkouts of the project (no TokenGate metadata is needed): each runs through the
+bench's ORT runner and its interleaved rounds (`pipeline.bench.timing`) on the config's bench photos. Each file's
+speed is reported against `--baseline`, and each `--pair A=B` as A's speedup over B, so two builds' speedups over
+their own dense baselines can be compared within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.bench.timing import run_rounds
+from pipeline.errors import TokenGateError, fail
+
+
+def parse_named(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise fail(f"{what} {item!r} is not NAME=VALUE", f"e.g. new-packed=runs/bench/deit-s-224/model.packed.onnx")
+        out[name] = value
+    return out
+
+
+def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int, threads: int,
+            baseline: str, pairs: dict[str, str]) -> dict:
+    """Median seconds per batch of every file at every batch size, and the speedups asked for."""
+    from pipeline.runners.ort_runner import OrtRunner
+
+    runners = {name: OrtRunner(path, threads=threads, spin=False, ours=False) for name, path in files.items()}
+    timings = run_rounds(runners, pool, batch_sizes, rounds)
+    rows = {}
+    for batch in batch_sizes:
+        median = {name: float(np.median(timings.seconds[(name, batch)].mean(axis=1))) for name in files}
+        rows[batch] = {"median_ms": {k: v * 1000 for k, v in median.items()},
+                       "vs_baseline": {k: median[baseline] / v for k, v in median.items()},
+                       "pairs": {f"{a}/{b}": median[b] / median[a] for a, b in pairs.items()}}
+    return {"files": {k: str(v) for k, v in files.items()}, "baseline": baseline, "rounds": rounds,
+            "threads": threads, "images": len(pool), "batches": rows}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pipeline.bench.target import load_target
+    from pipeline.images import load_images
+
+    parser = argparse.ArgumentParser(prog="python -m tools.ab_time", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", metavar="NAME=PATH")
+    parser.add_argument("--config", required=True, help="the geometry's config: its bench photos are the inputs")
+    parser.add_argument("--baseline", required=True, help="the NAME every file's speed is reported against")
+    parser.add_argument("--pair", action="append", default=[], metavar="A=B", help="also report A's speedup over B")
+    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        files = {name: Path(p) for name, p in parse_named(args.files, "file").items()}
+        pairs = parse_named(args.pair, "--pair")
+        unknown = [n for n in [args.baseline, *pairs, *pairs.values()] if n not in files]
+        if unknown:
+            raise fail(f"{', '.join(unknown)} is not one of the files' names", f"use one of {', '.join(files)}")
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise fail(f"{', '.join(missing)} does not exist", "export the files first")
+        cfg = load_target(args.config, ()).cfg
+        images = load_images(cfg, "sample-photos", cfg.bench.num_images, cfg.bench.seed)
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs)
+    except TokenGateError as exc:
+        print(f"python -m tools.ab_time: error: {exc}", file=sys.stderr)
+        return 2
+    for batch, row in result["batches"].items():
+        print(f"batch {batch}: " + ", ".join(f"{k} {row['median_ms'][k]:.1f} ms ({row['vs_baseline'][k]:.2f}x)"
+                                             for k in files))
+        for pair, speedup in row["pairs"].items():
+            print(f"  {pair}: {speedup:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
