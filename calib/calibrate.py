@@ -1,5 +1,5 @@
-"""`tokengate calibrate`: fit thresholds to one or more GFLOPs budgets, compare with fixed-rate top-k at the same
-cost, and write a run directory that the rest of the pipeline treats like a trained one."""
+"""`tokengate calibrate`: fit thresholds to one or more GFLOPs budgets, compare with fixed-rate top-k and ToMe-style
+token merging at the same cost, and write a run directory that the rest of the pipeline treats like a trained one."""
 from __future__ import annotations
 
 import sys
@@ -24,6 +24,8 @@ from calib.run_dir import prepare_out, write_run
 from calib.search import SearchResult, ThresholdSearch
 from calib.sets import CalibSet
 from calib.source import Source
+from calib.tome import evaluate_tome
+from calib.tome_search import MAX_FORWARDS, MergeResult, MergeSearch, MergeTrial
 
 
 @dataclass
@@ -35,6 +37,9 @@ class Point:
     fixed: Optional[BaselineResult] = None
     fixed_val: Optional[EvalResult] = None
     uniform_val: Optional[EvalResult] = None
+    merging: Optional[MergeResult] = None
+    merging_val: Optional[EvalResult] = None
+    constant_val: Optional[EvalResult] = None
 
     def to_dict(self, dense: EvalResult) -> dict:
         best = self.search.best
@@ -45,11 +50,23 @@ class Point:
             row["fixed"] = _fixed_row(self.fixed.best, self.fixed_val, dense)
             row["fixed_uniform"] = None if self.fixed.uniform is None else \
                 _fixed_row(self.fixed.uniform, self.uniform_val, dense)
+        if self.merging is not None:
+            row["merging"] = _merging_row(self.merging.best, self.merging_val, dense)
+            row["merging_constant"] = None if self.merging.constant is None else \
+                _merging_row(self.merging.constant, self.constant_val, dense)
         return row
 
 
 def _fixed_row(trial, result: Optional[EvalResult], dense: EvalResult) -> dict:
     row = {"counts": list(trial.counts), "rates": list(trial.rates), "calib_kl": trial.kl,
+           "calib_agreement": trial.agreement}
+    if result is not None:
+        row.update(top1=result.top1, gflops_ratio=result.gflops / dense.gflops)
+    return row
+
+
+def _merging_row(trial: MergeTrial, result: Optional[EvalResult], dense: EvalResult) -> dict:
+    row = {"merges": list(trial.merges), "calib_gflops_ratio": trial.ratio, "calib_kl": trial.kl,
            "calib_agreement": trial.agreement}
     if result is not None:
         row.update(top1=result.top1, gflops_ratio=result.gflops / dense.gflops)
@@ -74,7 +91,7 @@ def calibrated_config(source: Source, budget: float, dropped_tokens: str = "cont
 
 
 def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Sequence[float] = (),
-              baseline: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True,
+              baseline: bool = True, merging: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True,
               dropped_tokens: str = "context") -> dict:
     """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content."""
     for b in (budget, *sweep):
@@ -95,10 +112,16 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
         check_reachable(b, floor, student)
     searcher = ThresholdSearch(student, images, dense_logits, reference, batch_size)
     fixed_searcher = FixedRateSearch(student, images, dense_logits, reference, batch_size) if baseline else None
+    merge_searcher = MergeSearch(teacher, images, dense_logits, reference, batch_size) if merging else None
     dense = evaluate(teacher, dataset, dataset.val, batch_size, desc="dense val")
     points: dict[float, Point] = {}
     for b in sorted({budget, *sweep}):
         points[b] = measure_budget(searcher, fixed_searcher, student, dataset, dense, b, steps, batch_size, progress)
+        if merge_searcher is not None:
+            measure_merging(points[b], merge_searcher, dataset, dense, batch_size, progress)
+            if points[b].merging is None:
+                notes.append(f"token merging cannot get down to {points[b].val.gflops / dense.gflops:.3f} of dense "
+                             f"GFLOPs (budget {b:g}): no merging baseline there")
     main = points[budget]
     set_thresholds(student, main.search.best.thresholds)
     deployed = deployed_cost(student, images, reference, batch_size)
@@ -112,6 +135,9 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
             "dropped_tokens": dropped_tokens,
             "baseline_method": None if not baseline else "fixed top-k counts per stage: every whole-token split that "
                                f"matches the cost (the {MAX_TRIALS} closest), min KL to dense",
+            "merging_method": None if not merging else "ToMe-style bipartite soft matching with proportional "
+                              "attention, merge counts per block from ToMe's schedules refined by exchange moves "
+                              f"(at most {MAX_FORWARDS} forwards), MACs within the cost, min KL to dense",
             **main.to_dict(dense), "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),
             "source": source.origin, "forwards": searcher.forwards, "seconds": round(time.time() - started, 1),
             "sweep": [p.to_dict(dense) for p in points.values()] if sweep else [],
@@ -139,6 +165,22 @@ def measure_budget(searcher: ThresholdSearch, fixed_searcher: Optional[FixedRate
             point.uniform_val = point.fixed_val if uniform.counts == point.fixed.best.counts else evaluate(
                 fixed_model(student, uniform.counts), dataset, dataset.val, batch_size, desc="uniform-rate val")
     return point
+
+
+def measure_merging(point: Point, searcher: MergeSearch, dataset: Dataset, dense: EvalResult, batch_size: int,
+                    progress: bool) -> None:
+    """The merging baseline at the calibrated model's validation GFLOPs (as the fixed-rate one), on the teacher."""
+    point.merging = searcher.search(point.val.gflops / dense.gflops, progress=progress)
+    if point.merging is None:
+        return
+    model = searcher.model
+    point.merging_val = evaluate_tome(model, dataset, dataset.val, point.merging.best.merges, batch_size,
+                                      show_progress=progress, desc="merging val")
+    constant = point.merging.constant
+    if constant is not None:
+        point.constant_val = point.merging_val if constant.merges == point.merging.best.merges else evaluate_tome(
+            model, dataset, dataset.val, constant.merges, batch_size, show_progress=progress,
+            desc="constant merging val")
 
 
 def set_thresholds(model: GatedViT, thresholds: Sequence[float]) -> None:

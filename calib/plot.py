@@ -1,4 +1,5 @@
-"""calib.png: accuracy vs GFLOPs for calibrated thresholds, the fixed-rate baselines, dense and the trained student."""
+"""calib.png: accuracy vs GFLOPs for calibrated thresholds, the fixed-rate and token-merging baselines, dense and the
+trained student."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -
     ax.plot([r["gflops_ratio"] for r in rows], [r["top1"] for r in rows], "o-",
             label="calibrated thresholds (no training)")
     for key, style, label in (("fixed", "s--", "fixed-rate top-k, min-KL split"),
-                              ("fixed_uniform", "^:", "fixed-rate top-k, one rate (EViT)")):
+                              ("fixed_uniform", "^:", "fixed-rate top-k, one rate (EViT)"),
+                              ("merging", "v-.", "ToMe-style merging, min-KL counts per block"),
+                              ("merging_constant", "x:", "ToMe-style merging, one count (as published)")):
         points = [r[key] for r in rows if r.get(key) and "top1" in r[key]]
         if points:
             points.sort(key=lambda p: p["gflops_ratio"])

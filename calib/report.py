@@ -1,4 +1,4 @@
-"""The console table a calibration ends with: calibrated vs fixed-rate vs dense, at matched GFLOPs."""
+"""The console table a calibration ends with: calibrated vs fixed-rate vs token merging vs dense, at matched GFLOPs."""
 from __future__ import annotations
 
 import sys
@@ -12,21 +12,27 @@ def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
     cal = summary["calibration"]
     dense = summary["teacher"]["top1"]
     rows = cal["sweep"] or [cal]
-    table = Table(title=f"calibrated thresholds vs fixed-rate top-k (validation split; calibration set "
-                        f"{cal['calib_set']['id']}, {cal['calib_set']['images']} images; dense top-1 {dense:.2f}%; "
+    table = Table(title=f"calibrated thresholds vs fixed-rate top-k vs ToMe-style merging (validation split; "
+                        f"calibration set {cal['calib_set']['id']}, {cal['calib_set']['images']} images; "
+                        f"dense top-1 {dense:.2f}%; "
                         f"dropped tokens: {cal.get('dropped_tokens', 'discard')})")
     for column in ("budget", "GFLOPs ratio", "top-1 calibrated", "top-1 fixed (min-KL split)", "fixed counts",
-                   "top-1 fixed (uniform)", "KL cal / fixed", "thresholds"):
+                   "top-1 fixed (uniform)", "top-1 merging (min-KL)", "merges per block", "top-1 merging (one r)",
+                   "KL cal / fixed / merging", "thresholds"):
         table.add_column(column, justify="right")
     for row in rows:
         fixed, uniform = row.get("fixed"), row.get("fixed_uniform")
+        merging, constant = row.get("merging"), row.get("merging_constant")
+        kls = [row["calib_kl"]] + [r["calib_kl"] if r else None for r in (fixed, merging)]
         table.add_row(
             f"{row['budget']:g}", f"{row['gflops_ratio']:.3f} (calib {row['calib_gflops_ratio']:.3f})",
             f"{row['top1']:.2f} ({row['top1'] - dense:+.2f})",
             _fixed(fixed), "-" if not fixed else ",".join(str(c) for c in fixed["counts"]), _fixed(uniform),
-            f"{row['calib_kl']:.3f} / {fixed['calib_kl']:.3f}" if fixed else f"{row['calib_kl']:.3f}",
+            _fixed(merging), "-" if not merging else ",".join(str(r) for r in merging["merges"]),
+            _fixed(constant) if not constant else f"{_fixed(constant)} (r={max(constant['merges'])})",
+            " / ".join("-" if k is None else f"{k:.3f}" for k in kls),
             ", ".join(f"{t:.3f}" for t in row["thresholds"]))
-    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep the columns readable
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # logs keep the columns readable
     console.print(table)
     speed = summary.get("speed")
     if speed:

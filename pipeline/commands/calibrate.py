@@ -1,5 +1,5 @@
 """tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]
-[--dropped-tokens context|discard]"""
+[--dropped-tokens context|discard] [--no-baseline | --no-merging]"""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what a pruned token becomes: context (default) stays a frozen key and value of the later "
                         "attentions, which a model trained on every token still reads; discard leaves the network "
                         "(--set gates.dropped_tokens=... works too)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the fixed-rate top-k baseline")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the baselines (fixed-rate top-k and ToMe-style token merging)")
+    p.add_argument("--no-merging", action="store_true", help="skip the ToMe-style token merging baseline only")
     p.add_argument("--grid", type=int, default=6,
                    help="the thresholds' profile grid: 1/GRID steps per stage (6); the fixed-rate baseline measures "
                         "every split")
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     cal = load_set(args.calib_set)
     source = resolve_source(args.model, args.checkpoint, args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{source.name}-calib{round(args.budget * 100)}"
-    summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline, steps=args.grid,
+    summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline,
+                        merging=not (args.no_baseline or args.no_merging), steps=args.grid,
                         batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg))
     if not args.no_speed:
         summary = update_summary(out, "speed", calibrated_speed(out))
