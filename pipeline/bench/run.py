@@ -23,6 +23,7 @@ from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
 from pipeline.export.onnx_export import DEPLOY
+from pipeline.export.metadata import is_current
 from pipeline.export.run_export import artifact_path, export_run
 from pipeline.flops import gmacs
 from pipeline.runners.base import Runner, runtime_name
@@ -119,14 +120,16 @@ def choose_flavors(runtime: str, asked: Optional[Sequence[str]]) -> tuple[str, .
 
 
 def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bool) -> dict[str, Path]:
-    """{row name: file}: dense first, then each flavor; missing files are exported with `export_run`. The torch
+    """{row name: file}: dense first, then each flavor; missing files, and files another version wrote, are exported
+    with `export_run`. The torch
     runtime times the checkpoints themselves."""
     if runtime == "torch":
         return {"dense": run_dir / "teacher.safetensors", "student": run_dir / "student.safetensors"}
     wanted = ["dense", *flavors]
-    missing = [f for f in wanted if not artifact_path(run_dir, f).is_file()]
+    missing = [f for f in wanted if not artifact_path(run_dir, f).is_file() or not is_current(artifact_path(run_dir, f))]
     if missing:
-        log(f"exporting {', '.join(missing)} (tokengate export {run_dir} --flavor {','.join(missing)})", show)
+        log(f"exporting {', '.join(missing)}, missing or written by another version (tokengate export {run_dir} "
+            f"--flavor {','.join(missing)})", show)
         export_run(run_dir, missing)
     return {f: artifact_path(run_dir, f) for f in wanted}
 

@@ -9,7 +9,7 @@ from typing import Optional
 import onnx
 
 from pipeline.config import Config, config_from_dict
-from pipeline.errors import fail
+from pipeline.errors import TokenGateError, fail
 
 PREFIX = "tokengate."
 FORMAT_VERSION = 2  # 2: the selection regions
@@ -82,3 +82,12 @@ def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> Expo
         return ExportInfo(**fields)
     except TypeError as exc:
         raise fail(f"{path} has incomplete TokenGate metadata ({exc})", "re-export it with `tokengate export`") from None
+
+
+def is_current(path: str | Path) -> bool:
+    """Whether `path` is a readable export with this version's metadata (what the bench re-exports when not)."""
+    try:
+        read_info(path)
+    except TokenGateError:
+        return False
+    return True
