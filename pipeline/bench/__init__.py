@@ -4,6 +4,6 @@
   `prepare`: the run directory a config becomes (teacher, sliced student, fitted thresholds).
 - `run`: the whole command (exports through `tokengate export`'s code, runners from pipeline/runners, parity with
   validate's code); `timing`: warm-up and interleaved rounds; `metrics`: percentiles, speedups, padding waste.
-- `profile` with `region_time`: TokenSelect's share of run time (`--selection-share`).
+- `selection_share`: TokenSelect's share of run time (`--selection-share`).
 - `report`, `plot`: bench.json, bench.md, bench.png.
 """

@@ -267,10 +267,10 @@ def cpu_name() -> str:
 
 
 def selection_share(runners: dict[str, Runner], pool: np.ndarray, opts: BenchOptions, runtime: str) -> dict[str, Any]:
-    """TokenSelect's share of run time per flavor and batch size (`profile.selection_cost`), ONNX Runtime only."""
+    """TokenSelect's share of run time per flavor and batch size (`selection_share.selection_cost`), ONNX Runtime only."""
     if not runtime.startswith("ort"):
         return {"tokenselect_share": {}, "profile_method": f"n/a: --selection-share needs ONNX Runtime, not {runtime}"}
-    from pipeline.bench.profile import selection_cost
+    from pipeline.bench.selection_share import selection_cost
 
     shares, details, method = {}, {}, "n/a"
     for name, runner in runners.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bench.profile import parse_profile, recorded_regions
+from pipeline.bench.selection_share import parse_profile, recorded_regions
 from pipeline.export.selection import selection_regions
 from tests.onnx_models import two_stage_graph
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.export.selection import selection_regions
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.bench.region_time import check_names, cut_region, region_inputs, tapped, time_regions
+from pipeline.bench.selection_share import check_names, cut_region, region_inputs, tapped, time_regions
 from pipeline.runners.ort_runner import OrtRunner
 from pipeline.errors import TokenGateError
 from pipeline.export import schema
