@@ -19,7 +19,7 @@ from pipeline.errors import fail
 def recorded_selection(info: ExportInfo, path: str | Path) -> tuple[list[str], set[str]]:
     """(every selection node, the score nodes) as the export recorded them; a gated file without the record is
     refused rather than guessed at."""
-    if info.flavor != "dense" and not info.selection:
+    if info.flavor != "dense" and not any(info.selection.values()):
         raise fail(f"{path} records no selection nodes", "re-export it with this version: tokengate export RUN")
     return info.selection.get("scores", []) + info.selection.get("select", []), set(info.selection.get("scores", []))
 

@@ -28,7 +28,7 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise fail(f"{what} {item!r} is not NAME=VALUE", f"e.g. new-packed=runs/bench/deit-s-224/model.packed.onnx")
+            raise fail(f"{what} {item!r} is not NAME=VALUE", "e.g. new-packed=runs/bench/deit-s-224/model.packed.onnx")
         out[name] = value
     return out
 

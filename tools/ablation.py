@@ -68,7 +68,8 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ablation_forward(model: GatedViT, images: torch.Tensor, setting: Setting, generator: torch.Generator) -> torch.Tensor:
+def ablation_forward(model: GatedViT, images: torch.Tensor, setting: Setting,
+                     generator: torch.Generator) -> torch.Tensor:
     """Logits of the dense `model` with `setting.counts` patch tokens kept at its stages."""
     blocks, stages, prefix = model.vit.blocks, list(model.stages), model.num_prefix
     x = model.embed(images)
@@ -164,7 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{len(dataset.val)} validation images, stages before blocks {list(model.stages)}")
     print("| counts | ranking | fused | top-1 |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {','.join(map(str, r['counts']))} | {r['ranking']} | {'yes' if r['fuse'] else 'no'} | {r['top1']:.2f} |")
+        fused = "yes" if r["fuse"] else "no"
+        print(f"| {','.join(map(str, r['counts']))} | {r['ranking']} | {fused} | {r['top1']:.2f} |")
     if args.json:
         write_json(args.json, {"run": args.run, "images": len(dataset.val), "stages": list(model.stages), "rows": rows})
     return 0

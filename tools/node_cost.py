@@ -4,7 +4,8 @@
 
 A chain of Reshape nodes on a 64-float tensor does next to no work, so its time per node is about the executor's
 fixed cost. The profiled figure is the median `kernel_time` ORT records for those same nodes. Their
-difference is what the profiler adds to every node, and why `tokengate bench --selection-share` times regions without it.
+difference is what the profiler adds to every node, and why `tokengate bench --selection-share` times regions
+without it.
 """
 from __future__ import annotations
 

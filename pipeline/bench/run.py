@@ -1,7 +1,7 @@
 """The whole `tokengate bench`: the run directory, its exported files, parity, timed rounds, top-1, then bench.json.
 
 It times the files a user ships. A trained run's `model.<flavor>.onnx` files are timed as they are, and the missing
-ones are exported first through `tokengate export`'s own code (`export_run`); a config first becomes a run directory
+ones (or ones another version wrote) are exported first through `tokengate export`'s own code (`export_run`); a config first becomes a run directory
 (`prepare.bench_run`). Each file runs through `pipeline.runners`, as `tokengate validate` runs it, and is checked
 against its PyTorch reference with validate's comparison and tolerance before it is timed.
 """
@@ -121,12 +121,11 @@ def choose_flavors(runtime: str, asked: Optional[Sequence[str]]) -> tuple[str, .
 
 def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bool) -> dict[str, Path]:
     """{row name: file}: dense first, then each flavor; missing files, and files another version wrote, are exported
-    with `export_run`. The torch
-    runtime times the checkpoints themselves."""
+    with `export_run`. The torch runtime times the checkpoints themselves."""
     if runtime == "torch":
         return {"dense": run_dir / "teacher.safetensors", "student": run_dir / "student.safetensors"}
     wanted = ["dense", *flavors]
-    missing = [f for f in wanted if not artifact_path(run_dir, f).is_file() or not is_current(artifact_path(run_dir, f))]
+    missing = [f for f in wanted if not is_current(artifact_path(run_dir, f))]
     if missing:
         log(f"exporting {', '.join(missing)}, missing or written by another version (tokengate export {run_dir} "
             f"--flavor {','.join(missing)})", show)
@@ -267,7 +266,8 @@ def cpu_name() -> str:
 
 
 def selection_share(runners: dict[str, Runner], pool: np.ndarray, opts: BenchOptions, runtime: str) -> dict[str, Any]:
-    """TokenSelect's share of run time per flavor and batch size (`selection_share.selection_cost`), ONNX Runtime only."""
+    """TokenSelect's share of run time per flavor and batch size (`selection_share.selection_cost`), ONNX Runtime
+    only."""
     if not runtime.startswith("ort"):
         return {"tokenselect_share": {}, "profile_method": f"n/a: --selection-share needs ONNX Runtime, not {runtime}"}
     from pipeline.bench.selection_share import selection_cost

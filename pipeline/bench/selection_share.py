@@ -3,8 +3,8 @@
 The regions are the ones the exporter recorded (`ExportInfo.selection`, pipeline.export.selection): `select` (the
 decisions, compaction, kept counts and masks; the fused TokenSelect nodes of plugin flavors) and `scores` (the
 class-attention row, head importance and normalisation). The graph analysed is the one ORT runs (its optimized model,
-saved by a profiling session): ORT keeps the names of the nodes it does not fuse, and `matched` says how much
-kernel time the analysed graph's node names cover.
+saved by a profiling session): ORT keeps the names of the nodes it does not fuse or fold; `recorded_nodes_found` says
+what share of the recorded nodes that graph still has (the time of the others counts as the model's).
 
 Why the regions are then timed without the profiler: ORT's profiler formats each node's input and output shapes
 into strings inside the node's measured `kernel_time` (its KernelScopeImpl starts the clock before the input shapes
@@ -233,13 +233,17 @@ class Regions:
     scores: set[str] = field(default_factory=set)
     method: str = ""
     stages: int = 0
+    found: float = 1.0  # share of the recorded nodes that the analysed graph still has
 
 
 def recorded_regions(selection: dict[str, list[str]], stages: int, graph: onnx.ModelProto) -> Regions:
-    """The recorded regions, restricted to the nodes of `graph` (ORT's optimized graph drops folded nodes)."""
+    """The recorded regions, restricted to the nodes of `graph`: ORT's optimized graph drops the nodes it folds or
+    fuses, whose time then counts as the model's (`found` says how many are left)."""
     names = {n.name for n in graph.graph.node}
+    recorded = set(selection.get("select", ())) | set(selection.get("scores", ()))
     return Regions(select=set(selection.get("select", ())) & names, scores=set(selection.get("scores", ())) & names,
-                   method="nodes recorded by the exporter (tokengate.selection)", stages=stages)
+                   method="nodes recorded by the exporter (tokengate.selection)", stages=stages,
+                   found=len(recorded & names) / len(recorded) if recorded else 1.0)
 
 
 @dataclass
@@ -252,11 +256,12 @@ class ProfileShares:
     method: str
     stages: int
     runs: int  # profiled runs the medians are over
+    found: float = 1.0  # share of the recorded selection nodes that ORT's graph still has (the rest are fused away)
 
     def to_dict(self) -> dict:
         return {"select_share": self.select_share, "scores_share": self.scores_share, "matched": self.matched,
                 "run_ms": self.run_ms, "top_ops": [[op, share] for op, share in self.top_ops], "method": self.method,
-                "stages_found": self.stages, "runs": self.runs}
+                "stages_found": self.stages, "runs": self.runs, "recorded_nodes_found": self.found}
 
 
 def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], skip_runs: int = 1) -> ProfileShares:
@@ -287,7 +292,7 @@ def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], s
                          scores_share=float(np.median(scores / run_time)), matched=matched / total,
                          run_ms=float(np.median(run_time)) / 1000.0,
                          top_ops=[(op, d / total) for op, d in ops.most_common(8)], method=regions.method,
-                         stages=regions.stages, runs=len(runs))
+                         stages=regions.stages, runs=len(runs), found=regions.found)
 
 
 @dataclass
@@ -301,8 +306,10 @@ class SelectionCost:
     profiled: ProfileShares
 
     def to_dict(self) -> dict:
-        profiler = {k: v for k, v in self.profiled.to_dict().items() if k not in ("method", "stages_found")}
+        profiler = {k: v for k, v in self.profiled.to_dict().items()
+                    if k not in ("method", "stages_found", "recorded_nodes_found")}
         out = {"select_share": self.select_share, "scores_share": self.scores_share, "method": self.profiled.method,
+               "recorded_nodes_found": self.profiled.found,
                "stages_found": self.profiled.stages, "profiler": profiler}
         if self.timed is None:
             return {**out, "run_ms": self.profiled.run_ms, "timing": "ORT profiler kernel time (regions are timed on "

@@ -5,11 +5,11 @@ Names are not used to find them (exporters rename freely); the graph's structure
 
 - the *data path* is every node from which the logits (the first output) are reachable through data edges, an
   edge being a data edge unless it enters an index-like input (Gather's indices, Where's condition, TopK's k, a
-  Reshape's shape, TokenSelect's scores and threshold, an If's condition, ...); the outer tensors an If or Loop body
-  reads are data edges;
+  Reshape's shape, TokenSelect's scores and threshold, an If's condition, ...); an outer tensor that an If or Loop
+  body reads is data where the body computes its outputs from it (`data_reads`);
 - shape arithmetic (Shape, Constant, and nodes fed only by those or by initializers) is neither;
-- the *selection path* is every other live node, plus the data-path nodes that apply a selection (the Gathers
-  that take its indices, the Wheres that take its masks) and every `tokengate` node.
+- the *selection path* is every other live node, plus the data-path nodes that apply a selection (`APPLIERS`: the
+  Gathers and Scatters that take its indices, the Wheres that take its masks) and every `tokengate` node.
 
 The selection path splits in two regions: `scores`, the nodes the keep decisions (threshold comparison, ranking,
 TokenSelect) are computed from and that no decision feeds (class-attention row, head importance, normalisation); and
@@ -33,11 +33,14 @@ INDEX_INPUTS: dict[str, frozenset[int]] = {
     "ReduceSum": frozenset({1}), "ReduceMax": frozenset({1}), "ReduceMin": frozenset({1}), "ReduceMean": frozenset({1}),
     "ReduceL2": frozenset({1}), "ReduceProd": frozenset({1}), "CumSum": frozenset({1}), "Trilu": frozenset({1}),
     "Resize": frozenset({1, 2, 3}), "ConstantOfShape": frozenset({0}), "Range": frozenset({0, 1, 2}),
-    "OneHot": frozenset({0, 1}), "If": frozenset({0}), "Loop": frozenset({0, 1}),
+    "OneHot": frozenset({0, 1}), "If": frozenset({0}), "Loop": frozenset({0, 1}), "Compress": frozenset({1}),
+    "ReduceL1": frozenset({1}), "ReduceSumSquare": frozenset({1}), "ReduceLogSum": frozenset({1}),
+    "ReduceLogSumExp": frozenset({1}), "Dropout": frozenset({1, 2}),
     OP_TYPE: frozenset({INPUTS.index("scores"), INPUTS.index("threshold")}),
 }
 SHAPE_SOURCES = frozenset({"Shape", "Size", "Constant"})
-CONTROL_FLOW = frozenset({"If", "Loop"})
+# Data-path ops that apply a selection when the selection feeds their indices or condition.
+APPLIERS = frozenset({"Gather", "GatherElements", "GatherND", "Where", "ScatterElements", "ScatterND", "Compress"})
 BLOCK_OPS = frozenset({"MatMul", "Gemm", "Einsum", "LayerNormalization"})  # a block's compute
 
 
@@ -120,9 +123,9 @@ def _paths(model: onnx.ModelProto) -> tuple[_Graph, set[str], list[str]]:
     shape = graph.shape_nodes(constant_names(model))
     chosen = {n.name for n in graph.nodes if n.name in live and n.name not in data_path and n.name not in shape}
     chosen |= {n.name for n in graph.nodes if n.domain == DOMAIN}
-    chosen |= {n.name for n in graph.nodes if n.name in data_path and n.op_type not in CONTROL_FLOW and any(
-        _steering(n, slot) and name in graph.producer and graph.producer[name].name in chosen  # appliers: they take
-        for slot, name in enumerate(n.input))}  # the selection's indices or masks (a branch condition only steers)
+    chosen |= {n.name for n in graph.nodes if n.name in data_path and n.op_type in APPLIERS and any(
+        _steering(n, slot) and name in graph.producer and graph.producer[name].name in chosen  # they take the
+        for slot, name in enumerate(n.input))}  # selection's indices or masks (a reshape to its counts only steers)
     return graph, data_path, [n.name for n in graph.nodes if n.name in chosen]
 
 
@@ -150,8 +153,8 @@ def score_inputs(model: onnx.ModelProto, graph: _Graph) -> list[str]:
         downstream = graph.descendants([tensor])
         after_block = graph.descendants([t for n in graph.nodes if n.name in downstream and n.op_type in BLOCK_OPS
                                          for t in n.output])
-        copies |= {c for c in found if c != tensor and c in graph.producer
-                   and graph.producer[c].name in downstream - after_block}
+        before_block = downstream - after_block
+        copies |= {c for c in found if c != tensor and c in graph.producer and graph.producer[c].name in before_block}
     return [t for t in found if t not in copies]
 
 

@@ -6,9 +6,9 @@ with the range, or split into chunks when asked (`auto_chunk=True`). TrtRunner d
 stream, and outputs whose size TensorRT learns only while it runs (data-dependent shapes, through its
 IOutputAllocator).
 
-Polygraphy binds either tensorrt or tensorrt_rtx once per process, when it is first imported
+Polygraphy binds either tensorrt or tensorrt_rtx once per process, when its TensorRT backend is first imported
 (POLYGRAPHY_USE_TENSORRT_RTX); `bind_polygraphy` makes that choice for the engine's runtime, or refuses in one line
-once Polygraphy is bound to the other.
+once the backend is bound to the other.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pipeline.build.runtimes import LABELS, RTX, import_runtime, runtime_name
 from pipeline.errors import fail
 from pipeline.runners.base import KEPT, LOGITS, RunnerOutput
 from pipeline.runners.inputs import check_batch
+from pipeline.runners.compare import quiet
 
 __all__ = ["TensorRTRunner", "bind_polygraphy", "chunks"]
 
@@ -40,10 +41,12 @@ def bind_polygraphy(runtime: str) -> None:
         os.environ[RTX_SWITCH] = "1" if rtx else "0"
     from polygraphy import config
 
+    if "polygraphy.backend.trt" not in sys.modules:  # its modules bind tensorrt or tensorrt_rtx when first imported
+        config.USE_TENSORRT_RTX = rtx
     if config.USE_TENSORRT_RTX != rtx:
         bound = LABELS[RTX] if config.USE_TENSORRT_RTX else LABELS["tensorrt"]
         raise fail(f"Polygraphy in this process already runs {bound}, and this is a {LABELS[runtime_name(runtime)]} "
-                   "engine (Polygraphy picks one of them per process, when it is first imported)",
+                   "engine (Polygraphy picks one of them per process, when its TensorRT backend is first imported)",
                    f"run it in a process started with {RTX_SWITCH}={'1' if rtx else '0'}")
 
 
@@ -111,11 +114,17 @@ class TensorRTRunner:
         self.polygraphy = TrtRunner(engine, name=f"tensorrt:{path.name}")
         self._active = TrtRunner(engine, name=f"tensorrt:{path.name}:infer")
         try:
-            self._active.activate()
-        except PolygraphyException:
-            raise fail(f"TensorRT could not create an execution context for {path}: {self._last_error()}",
+            with quiet():
+                self._active.activate()
+        except PolygraphyException as exc:
+            raise fail(f"TensorRT could not create an execution context for {path}: {self._reason(exc)}",
                        "free GPU memory (other processes), or rebuild with a smaller --batch MAX") from None
         weakref.finalize(self, self._active.deactivate)
+
+    def _reason(self, exc: Exception) -> str:
+        """Polygraphy's own message where it gives one, else TensorRT's last logged error."""
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else self._last_error()
 
     def _last_error(self) -> str:
         return self._logger.errors[-1] if self._logger.errors else "no reason given"
@@ -143,7 +152,8 @@ class TensorRTRunner:
 
         feed = {INPUT_NAME: np.ascontiguousarray(images, dtype=self._input_dtype)}
         try:
-            outputs = self._active.infer(feed, check_inputs=False)
-        except PolygraphyException:
-            raise RuntimeError(f"TensorRT failed to run {self.artifact}: {self._last_error()}") from None
+            with quiet():
+                outputs = self._active.infer(feed, check_inputs=False)
+        except PolygraphyException as exc:
+            raise RuntimeError(f"TensorRT failed to run {self.artifact}: {self._reason(exc)}") from None
         return {name: np.array(array) for name, array in outputs.items()}  # copies: TrtRunner reuses its buffers

@@ -21,6 +21,7 @@ def test_recorded_regions_keep_only_the_nodes_the_runtime_graph_has():
     regions = recorded_regions(recorded, 2, optimized)
     assert "a_ranked" in recorded["select"] and "a_ranked" not in regions.select
     assert regions.select == set(recorded["select"]) - {"a_ranked"} and regions.scores == set(recorded["scores"])
+    assert regions.found == pytest.approx(1 - 1 / len(set(recorded["select"]) | set(recorded["scores"])), abs=1e-12)
     assert regions.stages == 2 and "recorded" in regions.method
 
 

@@ -52,3 +52,16 @@ def test_only_the_named_outputs_are_compared(logits):
 def test_an_empty_selection_agrees():
     empty = np.zeros((0, 10), np.float32)
     assert logit_gap(empty, empty, TOL).passed
+
+
+def test_a_named_output_missing_on_either_side_fails(logits):
+    kept = np.full((64, 2), 9, np.int32)
+    full, bare = {"logits": logits, "kept_tokens": kept}, {"logits": logits}
+    for got, ref in ((full, bare), (bare, full)):
+        gap = compare_outputs(got, ref, {"logits": TOL, "kept_tokens": 0})
+        assert not gap.passed and gap.max_abs == math.inf
+
+
+def test_outputs_of_different_shapes_fail(logits):
+    gap = logit_gap(logits, logits[:32], 1e9)
+    assert not gap.passed and gap.max_abs == math.inf

@@ -157,13 +157,29 @@ def test_an_rtx_engine_binds_polygraphy_to_tensorrt_rtx_in_a_fresh_process():
 
 
 def test_polygraphy_bound_to_one_runtime_refuses_the_other(monkeypatch):
+    """Once Polygraphy's TensorRT backend is imported its module is fixed: the other runtime is refused."""
+    import types
+
     from polygraphy import config
 
     monkeypatch.setattr(config, "USE_TENSORRT_RTX", False)
+    monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", types.ModuleType("polygraphy.backend.trt"))
     bind_polygraphy("tensorrt")  # already bound to it: nothing to do
     with pytest.raises(TokenGateError, match="already runs TensorRT, and this is a TensorRT-RTX engine.*"
                                              "POLYGRAPHY_USE_TENSORRT_RTX=1"):
         bind_polygraphy("tensorrt-rtx")
+
+
+def test_polygraphy_binds_the_engines_runtime_until_its_backend_is_imported(monkeypatch):
+    """Importing Polygraphy for ONNX Runtime or PyTorch first does not fix the TensorRT module yet."""
+    from polygraphy import config
+
+    monkeypatch.setattr(config, "USE_TENSORRT_RTX", False)
+    monkeypatch.delitem(sys.modules, "polygraphy.backend.trt", raising=False)
+    bind_polygraphy("tensorrt-rtx")
+    assert config.USE_TENSORRT_RTX
+    bind_polygraphy("tensorrt")
+    assert not config.USE_TENSORRT_RTX
 
 
 def _gpu_runtime() -> str | None:
