@@ -329,8 +329,11 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     shares reported are then measured without the profiler: each region cut out of that graph and timed alternating
     with `call`. Different batches keep different token counts, so they are what the share should be an average
     case of."""
-    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, spin=False, profile_prefix=prefix,
-                         ours=call.info is not None)
+    info: Optional[ExportInfo] = call.info
+    if info is None or not info.selection:
+        raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
+                   "re-export it with this version (tokengate export RUN)")
+    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, spin=False, profile_prefix=prefix)
     for images in [batches[0], *batches]:
         profiled.infer(images)
     trace = Path(profiled.end_profiling())
@@ -343,10 +346,6 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
         if profiled.optimized is not None:
             profiled.optimized.unlink(missing_ok=True)
     del profiled
-    info: Optional[ExportInfo] = call.info
-    if info is None or not info.selection:
-        raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
-                   "re-export it with this version (tokengate export RUN)")
     regions = recorded_regions(info.selection, len(info.stages), model)
     shares = parse_profile(events, regions, {n.name for n in model.graph.node})
     if call.runtime != "ort-cpu":
