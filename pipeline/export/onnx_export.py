@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
-from pipeline.export import schema, varlen
+from pipeline.export import attention, schema, varlen
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
@@ -99,25 +99,43 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
                                      shared_scores=flavor not in TENSORRT_FLAVORS)
         forward = model.forward_dropped
     schema.register_schema()
-    images = torch.randn(2, *info.input_shape)
-    batch = torch.export.Dim("batch", min=1, max=65536)
     outputs = list(OUTPUT_NAMES if model.stages else OUTPUT_NAMES[:1])
+    proto = trace_to_onnx(_Exported(model, forward).eval(), info.input_shape, outputs, opset,
+                          {torch.ops.tokengate.token_select.default: schema.token_select_onnx, **translations})
+    passes = apply_passes(proto, varlen_expansion=flavor == "packed")
+    attach(proto, replace(info, passes=passes, selection={} if flavor == "dense" else selection_regions(proto)))
+    return write_onnx(proto, path)
+
+
+def trace_to_onnx(module: nn.Module, input_shape: Sequence[int], outputs: Sequence[str], opset: int,
+                  translations: Optional[dict] = None) -> onnx.ModelProto:
+    """torch.onnx's dynamo export of `module` (images [B, *input_shape] -> `outputs`) with a dynamic batch, attention
+    written out in five nodes (`pipeline.export.attention`)."""
+    images = torch.randn(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
     with _quiet():
         program = torch.onnx.export(
-            _Exported(model, forward).eval(), (images,), input_names=[INPUT_NAME], output_names=outputs,
+            module, (images,), input_names=[INPUT_NAME], output_names=list(outputs),
             dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
-            custom_translation_table={torch.ops.tokengate.token_select.default: schema.token_select_onnx,
-                                      **translations},
+            custom_translation_table={**attention.TRANSLATION, **(translations or {})},
         )
-    proto = program.model_proto
+    return program.model_proto
+
+
+def apply_passes(proto: onnx.ModelProto, varlen_expansion: bool = False) -> dict[str, int]:
+    """The graph passes every export runs, in order (module docstring); returns {pass: nodes it rewrote}."""
     passes = {"fold_weights": fold_weight_views(proto)}
-    if flavor == "packed":
+    if varlen_expansion:
         passes["varlen"] = varlen.expand_varlen_attention(proto)
         if varlen.placeholders_left(proto):
             raise fail("the packed export kept a per-sample attention placeholder that the varlen pass did not "
                        "reach (inside a function or subgraph)", "report it with the model; --flavor native exports it")
     passes["bias_gemm"] = fuse_bias_into_gemm(proto)
-    attach(proto, replace(info, passes=passes, selection={} if flavor == "dense" else selection_regions(proto)))
+    return passes
+
+
+def write_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Save `proto` to `path` atomically (external data past 2 GB), checked before it takes the name."""
     path = Path(path)
     with atomic_path(path) as tmp:
         large = proto.ByteSize() > TWO_GB
