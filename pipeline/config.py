@@ -83,6 +83,11 @@ class GatesConfig:
     # updated but stays a key and value of every later attention (`pipeline.models.layers.Context`): it costs its K/V
     # projection and one attention column per layer, and keeps what a model trained on every token reads from it.
     dropped_tokens: Literal["discard", "context"] = "discard"
+    # A merge stage before this block (0-based; before the first token stage): every other patch token whose cosine
+    # similarity to its closest neighbour of the other half exceeds a threshold is averaged into it, and later
+    # attention weighs each row by the tokens it stands for (pipeline.models.token_ops.bipartite_keep_scores).
+    # Training-free: `tokengate calibrate` fits its threshold with the others; null = no merge stage.
+    merge_block: Optional[int] = None
     # Sub-group split modes for dynamic gates: stage 2 is trained once per mode (the first is the main student).
     subgroup_split: tuple[Literal["none", "uniform", "random", "recursive"], ...] = ("recursive",)
 
@@ -99,6 +104,8 @@ class GatesConfig:
         if not self.subgroup_split or len(set(self.subgroup_split)) != len(self.subgroup_split):
             raise fail(f"gates.subgroup_split={list(self.subgroup_split)} must list distinct modes",
                        "e.g. [recursive] or [recursive, none]")
+        if self.merge_block is not None and self.merge_block < 0:
+            raise fail(f"gates.merge_block={self.merge_block} is negative", "use 0 (merge before the first block) or null")
         if self.token_stages is not None and list(self.token_stages) != sorted(set(self.token_stages)):
             raise fail(f"gates.token_stages={list(self.token_stages)} must be strictly increasing", "e.g. [3, 6, 9]")
 

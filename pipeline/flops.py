@@ -55,6 +55,14 @@ def layer_macs(
     return attn_on * attention + mlp_on * mlp
 
 
+def merge_macs(patches: int, dim: int) -> int:
+    """MACs of a merge stage (`token_ops.bipartite_keep_scores`, `merge_into_partners`) over `patches` patch tokens:
+    normalising them (patches * dim), every A token's similarity with every B token (|A| |B| dim), and the one-hot
+    product that sums the merged rows and sizes into their partners (|B| |A| (dim + 1))."""
+    a, b = (patches + 1) // 2, patches // 2
+    return patches * dim + a * b * dim + b * a * (dim + 1)
+
+
 def embed_and_head_macs(geom: Geometry) -> int:
     patch = geom.num_patches * geom.in_chans * geom.patch_area * geom.embed_dim
     return patch + geom.num_heads_out * geom.embed_dim * geom.num_classes

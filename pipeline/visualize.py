@@ -29,12 +29,13 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
     prefix, batch = model.num_prefix, x.shape[0]
     patches = x.shape[1] - prefix
     origin = torch.arange(patches, dtype=x.dtype).expand(batch, patches)[..., None]  # each token's patch index
-    valid, scores, context, masks, lengths_all = None, None, None, [], []
+    valid, scores, context, sizes, masks, lengths_all = None, None, None, None, [], []
     for i, block in enumerate(model.vit.blocks):
         if i in model.stages:
             s = model.stages.index(i)
+            scores = model.stage_scores(s, x, scores)
             keep = model.stage_keep_mask(s, scores, model.thresholds[s])
-            x, lengths, context = model.select_stage(s, x, valid, scores, context, model.thresholds[s])
+            x, lengths, context, sizes = model.select_stage(s, x, valid, scores, context, model.thresholds[s], sizes)
             padded_origin = torch.cat([origin.new_zeros(batch, prefix, 1), origin], dim=1)
             width = x.shape[1] - prefix
             origin = token_ops.compact_kept(padded_origin, keep, keep.sum(dim=1), prefix, width)[0][:, prefix:]
@@ -46,7 +47,7 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
             masks.append(mask)
             lengths_all.append(lengths)
         gates = model.block_gates(i, x[:, 0], None)
-        x, scores = block.forward_gated(x, valid, None, gates, prefix, i in model.score_layers, context)
+        x, scores = block.forward_gated(x, valid, None, gates, prefix, i in model.score_layers, context, sizes=sizes)
     expected = model.forward_dropped(images)[1]
     if lengths_all and not torch.equal(torch.stack(lengths_all, dim=1), expected):
         raise RuntimeError("kept_patches disagrees with forward_dropped on the kept counts")

@@ -93,11 +93,27 @@ def make_run(out: Path, cfg: Config, sharpen: float = 4.0) -> Path:
     with torch.no_grad():
         for block in student.vit.blocks:
             block.attn.qkv.weight[: 2 * block.attn.attn_dim] *= sharpen
+        if student.merge_block is not None:  # merge about half of set A: the merge stage really merges
+            student.thresholds[0] = merge_median(student, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
     save_teacher(teacher, out / "teacher.safetensors", cfg)
     save_student(student, out / "student.safetensors", cfg)
     return out
+
+
+def merge_median(model, cfg: Config, images: int = 32) -> float:
+    """The merge-stage threshold that merges half of the A tokens of the first validation images."""
+    from pipeline.data import load_dataset
+    from pipeline.models.staged import quantile_threshold
+    from pipeline.models.token_ops import bipartite_keep_scores
+
+    data = load_dataset(cfg.data, cfg.model)
+    x = model.embed(next(iter(data.batches(data.val, images)))[0])
+    for block in model.vit.blocks[:model.merge_block]:
+        x = block(x)
+    scores = bipartite_keep_scores(x, model.num_prefix)[0]
+    return quantile_threshold(scores[torch.isfinite(scores)], 0.5)
 
 
 @pytest.fixture(scope="session")

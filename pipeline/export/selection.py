@@ -39,8 +39,12 @@ INDEX_INPUTS: dict[str, frozenset[int]] = {
     OP_TYPE: frozenset({INPUTS.index("scores"), INPUTS.index("threshold")}),
 }
 SHAPE_SOURCES = frozenset({"Shape", "Size", "Constant"})
-# Data-path ops that apply a selection when the selection feeds their indices or condition.
-APPLIERS = frozenset({"Gather", "GatherElements", "GatherND", "Where", "ScatterElements", "ScatterND", "Compress"})
+# Data-path ops that apply a selection when the selection feeds their indices or condition (a MatMul: its one-hot
+# matrix, `one_hot_reads`).
+APPLIERS = frozenset({"Gather", "GatherElements", "GatherND", "Where", "ScatterElements", "ScatterND", "Compress",
+                      "MatMul"})
+LOGICAL = frozenset({"And", "Or", "Not", "Xor", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "IsNaN",
+                     "IsInf"})
 BLOCK_OPS = frozenset({"MatMul", "Gemm", "Einsum", "LayerNormalization"})  # a block's compute
 
 
@@ -75,9 +79,25 @@ class _Graph:
         self.producer = {out: n for n in self.nodes for out in n.output if out}
         self.readers: dict[str, list[tuple[onnx.NodeProto, bool]]] = defaultdict(list)
         for n in self.nodes:
-            data = data_reads(n)
+            data = data_reads(n) - self.one_hot_reads(n)
             for name in node_reads(n):
                 self.readers[name].append((n, name in data))
+
+    def one_hot_reads(self, node: onnx.NodeProto) -> set[str]:
+        """A MatMul's inputs that are a comparison cast to numbers: a one-hot matrix, whose product moves rows (the
+        merge stage sums merged tokens into their partners so), so it steers like a Gather's indices."""
+        if node.op_type != "MatMul":
+            return set()
+        out = set()
+        for name in node.input:
+            cast = self.producer.get(name)
+            source = None if cast is None or cast.op_type != "Cast" else self.producer.get(cast.input[0])
+            if source is not None and source.op_type in LOGICAL:
+                out.add(name)
+        return out
+
+    def steers(self, node: onnx.NodeProto, slot: int) -> bool:
+        return _steering(node, slot) or node.input[slot] in self.one_hot_reads(node)
 
     def reaching(self, outputs: set[str], data_only: bool) -> set[str]:
         """Nodes from which a graph output is reachable (through data edges only, if asked)."""
@@ -124,7 +144,7 @@ def _paths(model: onnx.ModelProto) -> tuple[_Graph, set[str], list[str]]:
     chosen = {n.name for n in graph.nodes if n.name in live and n.name not in data_path and n.name not in shape}
     chosen |= {n.name for n in graph.nodes if n.domain == DOMAIN}
     chosen |= {n.name for n in graph.nodes if n.name in data_path and n.op_type in APPLIERS and any(
-        _steering(n, slot) and name in graph.producer and graph.producer[name].name in chosen  # they take the
+        graph.steers(n, slot) and name in graph.producer and graph.producer[name].name in chosen  # they take the
         for slot, name in enumerate(n.input))}  # selection's indices or masks (a reshape to its counts only steers)
     return graph, data_path, [n.name for n in graph.nodes if n.name in chosen]
 

@@ -38,7 +38,9 @@ def register_schema() -> None:
         OP_TYPE, DOMAIN, 1, doc="Attention of each sample over its own packed rows (see pipeline/export/varlen.py).",
         inputs=[param("q", "T", "[H, R, d]"), param("kv", "T", "[2, H, Rk, d]"),
                 param("q_starts", index, "[B]"), param("q_lengths", index, "[B]"),
-                param("kv_starts", index, "[B]"), param("kv_lengths", index, "[B]"), param("flat", index, "[R]")],
+                param("kv_starts", index, "[B]"), param("kv_lengths", index, "[B]"), param("flat", index, "[R]"),
+                param("kv_bias", "T", "[Rk]: added to the logits of each key row",
+                      param_option=S.FormalParameterOption.Optional)],
         outputs=[param("out", "T", "[R, H * d]")],
         type_constraints=[("T", ["tensor(float)"], "float rows")],
         attributes=[S.Attribute("scale", S.AttrType.FLOAT, "multiplies the queries")]))
@@ -47,9 +49,11 @@ def register_schema() -> None:
 _opset = onnxscript.values.Opset(DOMAIN, 1)
 
 
-def varlen_attention_onnx(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale: float):
+def varlen_attention_onnx(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale: float, kv_bias=None):
     """Translation for the exporter: the placeholder node, expanded after export."""
-    return _opset.VarlenAttention(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale=scale)
+    if kv_bias is None:
+        return _opset.VarlenAttention(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale=scale)
+    return _opset.VarlenAttention(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, kv_bias, scale=scale)
 
 
 TRANSLATION = {torch.ops.tokengate.varlen_attention.default: varlen_attention_onnx}
@@ -64,18 +68,20 @@ def _node_maker(prefix: str):
     return lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{prefix}{outs[0]}", **kw)
 
 
-def _attention(n, p: str, q: str, kv: str, out: str, rank: int) -> list[onnx.NodeProto]:
+def _attention(n, p: str, q: str, kv: str, out: str, rank: int, bias: str = "") -> list[onnx.NodeProto]:
     """Attention of `q` [H, *rows, d] over `kv` [2, H, *kv_rows, d] (`rank` = 4 with a batch axis, 3 without) to
-    `out` [prod(rows), H * d], rows in their order. Reads the branch's constants {p}ones [1, 1], {p}zero [0] and
-    {p}scale."""
+    `out` [prod(rows), H * d], rows in their order; `bias` (a name, or "" for none) is added to the logits and
+    broadcasts over heads and queries. Reads the branch's constants {p}ones [1, 1], {p}zero [0] and {p}scale."""
     last = rank - 1
+    logits = [n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"])] if not bias else [
+        n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}raw_logits"]), n("Add", [f"{p}raw_logits", bias], [f"{p}logits"])]
     return [
         n("Split", [kv, f"{p}ones"], [f"{p}k_", f"{p}v_"], axis=0),
         n("Squeeze", [f"{p}k_", f"{p}zero"], [f"{p}k"]),
         n("Squeeze", [f"{p}v_", f"{p}zero"], [f"{p}v"]),
         n("Mul", [q, f"{p}scale"], [f"{p}qs"]),
         n("Transpose", [f"{p}k"], [f"{p}kt"], perm=[*range(last - 1), last, last - 1]),
-        n("MatMul", [f"{p}qs", f"{p}kt"], [f"{p}logits"]),
+        *logits,
         n("Softmax", [f"{p}logits"], [f"{p}probs"], axis=-1),
         n("MatMul", [f"{p}probs", f"{p}v"], [f"{p}heads"]),  # [H, *rows, d]
         n("Transpose", [f"{p}heads"], [f"{p}by_row"], perm=[*range(1, last), 0, last]),  # [*rows, H, d]
@@ -101,7 +107,9 @@ def _body(prefix: str, scale: float, io: "_Inputs", width: str) -> onnx.GraphPro
     nodes = [
         *_slice_rows(n, p, "q", io.q, io.q_starts, io.q_lengths, f"{p}one"),
         *_slice_rows(n, p, "kv", io.kv, io.kv_starts, io.kv_lengths, f"{p}two"),
-        *_attention(n, p, f"{p}q", f"{p}kv", f"{p}rows_out", rank=3),  # [H, L, d] over [2, H, Lk, d] -> [L, H * d]
+        *(_slice_rows(n, p, "bias", io.kv_bias, io.kv_starts, io.kv_lengths, f"{p}zero") if io.kv_bias else []),
+        # [H, L, d] over [2, H, Lk, d] -> [L, H * d]; the sample's key bias [Lk] broadcasts
+        *_attention(n, p, f"{p}q", f"{p}kv", f"{p}rows_out", rank=3, bias=f"{p}bias" if io.kv_bias else ""),
         n("Sub", [width, f"{p}q_length"], [f"{p}pad"]),
         n("Unsqueeze", [f"{p}pad", f"{p}zero"], [f"{p}pad1"]),
         n("Concat", [f"{p}zeros2", f"{p}pad1", f"{p}zero"], [f"{p}pads"], axis=0),  # [0, 0, K - L, 0]
@@ -130,12 +138,16 @@ def _uniform_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto
         n("Concat", [f"{p}two", f"{p}q_shape"], [f"{p}kv_shape"], axis=0),
         n("Reshape", [io.q, f"{p}q_shape"], [f"{p}q_grid"]),  # [H, B, L, d]: sample b owns rows b * L .. + L
         n("Reshape", [io.kv, f"{p}kv_shape"], [f"{p}kv_grid"]),  # [2, H, B, Lk, d]
-        *_attention(n, p, f"{p}q_grid", f"{p}kv_grid", f"{p}rows", rank=4),  # [B * L, H * d]: the packed rows
     ]
+    if io.kv_bias:  # [B * Lk] -> [B, 1, Lk], which broadcasts over [H, B, L, Lk]
+        nodes += [n("Concat", [f"{p}batch", f"{p}one", f"{p}minus_one"], [f"{p}bias_shape"], axis=0),
+                  n("Reshape", [io.kv_bias, f"{p}bias_shape"], [f"{p}bias_grid"])]
+    nodes += _attention(n, p, f"{p}q_grid", f"{p}kv_grid", f"{p}rows", rank=4,  # [B * L, H * d]: the packed rows
+                        bias=f"{p}bias_grid" if io.kv_bias else "")
     return helper.make_graph(
         nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
-        [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]), _const(f"{p}ones", [1, 1]),
-         _const(f"{p}scale", scale, np.float32)])
+        [_const(f"{p}zero", [0]), _const(f"{p}one", [1]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]),
+         _const(f"{p}ones", [1, 1]), _const(f"{p}scale", scale, np.float32)])
 
 
 def _loop_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto:
@@ -165,6 +177,7 @@ class _Inputs(NamedTuple):
     kv_starts: str
     kv_lengths: str
     flat: str
+    kv_bias: str = ""  # optional: "" when the placeholder has no key bias
 
 
 def _expansion(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:

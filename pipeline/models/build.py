@@ -44,6 +44,7 @@ def build_student(cfg: Config, structure: Optional[Structure] = None, static_gat
         static_init=cfg.gates.static_init,
         dynamic=cfg.gates.dynamic,
         dropped_tokens=cfg.gates.dropped_tokens,
+        merge_block=cfg.gates.merge_block,
     )
 
 
@@ -57,9 +58,10 @@ def save_student(model: GatedViT, path: str | Path, cfg: Config) -> None:
         raise ValueError("slice the student (model.sliced()) before saving it")
     header = {
         "format": "tokengate-student", "version": 1, "arch": cfg.model.arch,
-        "structure": model.structure().to_dict(), "stages": list(model.stages),
+        "structure": model.structure().to_dict(), "stages": list(model.token_stages),
         "num_prefix": model.num_prefix, "min_keep": model.min_keep,
         "thresholds": [float(t) for t in model.thresholds.detach()], "dropped_tokens": model.dropped_tokens,
+        "merge_block": model.merge_block,
     }
     save_weights(path, model.state_dict(), header)
 
@@ -89,7 +91,8 @@ def load_student(run_dir: str | Path, cfg: Optional[Config] = None, filename: st
     cfg = replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
                   gates=replace(cfg.gates, token_stages=tuple(header["stages"]), min_keep=int(header["min_keep"]),
                                 # checkpoints written before the option existed discarded their tokens
-                                dropped_tokens=header.get("dropped_tokens", "discard")))
+                                dropped_tokens=header.get("dropped_tokens", "discard"),
+                                merge_block=header.get("merge_block")))
     model = build_student(cfg, structure=Structure.from_dict(header["structure"]), static_gates=False)
     _load_strict(model, read_state_dict(path), path)
     return model.eval()

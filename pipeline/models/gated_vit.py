@@ -17,13 +17,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pipeline.errors import fail
-from pipeline.flops import Geometry, embed_and_head_macs, layer_macs, tokens_per_layer
+from pipeline.flops import Geometry, embed_and_head_macs, layer_macs, merge_macs, tokens_per_layer
 from pipeline.models import token_ops
 from pipeline.models.gates import GroupGates, StaticGates, combine
 from pipeline.models.layers import BlockGates, Context, remove_attention, remove_mlp, slice_channels, slice_heads
 from pipeline.models.select_op import SELECT_IMPLS, context_size, kept_mask, select_tokens
 
 DROPPED_TOKENS = ("discard", "context")
+MERGE_INIT = -1.0  # a merge stage's initial threshold: only identical tokens merge
 
 
 def default_stages(depth: int) -> tuple[int, ...]:
@@ -121,6 +122,7 @@ class GatedViT(nn.Module):
         static_init: float = 2.0,
         dynamic: str = "none",
         dropped_tokens: str = "discard",
+        merge_block: Optional[int] = None,
     ):
         super().__init__()
         depth = len(vit.blocks)
@@ -128,6 +130,9 @@ class GatedViT(nn.Module):
         if any(not 1 <= s < depth for s in stages) or list(stages) != sorted(set(stages)):
             raise fail(f"token stages {list(stages)} must be increasing block indices in [1, {depth - 1}]",
                        f"set gates.token_stages, e.g. {list(default_stages(depth))}, or leave it null")
+        if merge_block is not None and not 0 <= merge_block < (stages[0] if stages else depth):
+            raise fail(f"gates.merge_block={merge_block} must be a block before the first token stage "
+                       f"({stages[0] if stages else 'none'})", "use gates.merge_block=0 (merge before the first block)")
         num_patches = vit.patch_embed.num_patches
         if not 1 <= min_keep <= num_patches:
             raise fail(f"gates.min_keep={min_keep} is outside [1, {num_patches}] patch tokens", "use gates.min_keep=1")
@@ -135,11 +140,16 @@ class GatedViT(nn.Module):
             raise fail(f"gates.dropped_tokens={dropped_tokens!r} is not one of {list(DROPPED_TOKENS)}",
                        "use discard (pruned tokens leave) or context (they stay as frozen keys and values)")
         self.vit = vit
-        self.stages = stages
+        self.merge_block = merge_block
+        # Every stage, in block order: the merge stage first (if any), then the pruning stages. Each has a threshold,
+        # a column of the kept-token counts and, in the capped flavor, a cap.
+        self.stages = stages if merge_block is None else (int(merge_block), *stages)
         self.dropped_tokens = dropped_tokens
         self.min_keep = min_keep
         self.tau = tau
-        self.thresholds = nn.Parameter(torch.full((len(stages),), float(init_threshold)))
+        # A merge stage's threshold is on minus the cosine similarity: -1.0 merges only identical tokens.
+        self.thresholds = nn.Parameter(torch.tensor([MERGE_INIT if self.is_merge_stage(s) else float(init_threshold)
+                                                     for s in range(len(self.stages))]))
         structure = Structure.of(vit)
         self.static_gates = (
             StaticGates(structure.heads, structure.mlp_hidden, self.score_layers, static_init) if static_gates else None
@@ -153,9 +163,18 @@ class GatedViT(nn.Module):
         return self.vit.num_prefix_tokens
 
     @property
+    def token_stages(self) -> tuple[int, ...]:
+        """The pruning stages (blocks), without the merge stage."""
+        return self.stages[1:] if self.merge_block is not None else self.stages
+
+    @property
     def score_layers(self) -> tuple[int, ...]:
-        """Blocks whose class attention scores the tokens of the following stage."""
-        return tuple(s - 1 for s in self.stages)
+        """Blocks whose class attention scores the tokens of the following pruning stage."""
+        return tuple(s - 1 for s in self.token_stages)
+
+    def is_merge_stage(self, stage: int) -> bool:
+        """Whether stage `stage` (an index into `stages`) merges similar tokens rather than pruning by attention."""
+        return self.merge_block is not None and stage == 0
 
     def structure(self) -> Structure:
         return Structure.of(self.vit)
@@ -207,6 +226,9 @@ class GatedViT(nn.Module):
 
     def forward_masked(self, images: torch.Tensor, group_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MaskedStats]:
         """All tokens stay in the tensors; dropped ones are masked. Gradients reach thresholds and gates."""
+        if self.merge_block is not None:
+            raise fail("a merge stage is training-free: it has no masked (training) forward",
+                       "train with gates.merge_block=null; tokengate calibrate adds the merge stage to a trained run")
         x = self.embed(images)
         batch, num_tokens, _ = x.shape
         prefix = x.new_ones(batch, self.num_prefix)
@@ -245,39 +267,70 @@ class GatedViT(nn.Module):
         valid: Optional[torch.Tensor] = None
         scores: Optional[torch.Tensor] = None
         context: Optional[Context] = None
+        sizes: Optional[torch.Tensor] = None
         kept = []
         for i, block in enumerate(self.vit.blocks):
             if i in self.stages:
                 s = self.stages.index(i)
-                x, lengths, context = self.select_stage(s, x, valid, scores, context, self.thresholds[s])
+                partner = None
+                if self.is_merge_stage(s):
+                    scores, partner = token_ops.bipartite_keep_scores(x, self.num_prefix)
+                x, lengths, context, sizes = self.select_stage(s, x, valid, scores, context, self.thresholds[s], sizes,
+                                                               partner)
                 valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
                 kept.append(lengths)
             gates = self.block_gates(i, x[:, 0], None)
             if record_gates is not None:
                 record_gates.append(gates)
             x, scores = block.forward_gated(x, valid, None, gates, self.num_prefix, i in self.score_layers, context,
-                                            shared_scores=self.inference.shared_scores)
+                                            shared_scores=self.inference.shared_scores, sizes=sizes)
         lengths = torch.stack(kept, dim=1) if kept else torch.zeros(x.shape[0], 0, dtype=torch.int32, device=x.device)
         return self.head(x), lengths
 
+    def stage_scores(self, stage: int, x: torch.Tensor, class_scores: Optional[torch.Tensor]) -> torch.Tensor:
+        """The scores stage `stage` thresholds: the merge stage's from the tokens it sees (`bipartite_keep_scores`),
+        a pruning stage's from the class attention of the block before it (`class_scores`)."""
+        if self.is_merge_stage(stage):
+            return token_ops.bipartite_keep_scores(x, self.num_prefix)[0]
+        return class_scores
+
     def select_stage(self, stage: int, x: torch.Tensor, valid: Optional[torch.Tensor], scores: torch.Tensor,
-                     context: Optional[Context],
-                     threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[Context]]:
-        """One pruning stage of `forward_dropped`: the kept tokens [B, K, C], their lengths [B] (prefix included) and,
-        with `dropped_tokens == "context"`, the context grown by the valid tokens this stage dropped."""
-        kept, lengths = select_tokens(x, scores, threshold, self.num_prefix, self.min_keep, self.inference.select,
+                     context: Optional[Context], threshold: torch.Tensor, sizes: Optional[torch.Tensor] = None,
+                     partner: Optional[torch.Tensor] = None) -> StageOutput:
+        """One stage of `forward_dropped`: the kept tokens [B, K, C] and their lengths [B] (prefix included), with
+        `dropped_tokens == "context"` the context grown by the valid tokens a pruning stage dropped, and after a
+        merge stage the sizes [B, K] of the kept rows (`sizes` are those of x's rows, None before any merge).
+
+        A merge stage first averages each merged token into its partner (`partner`: from `bipartite_keep_scores`,
+        recomputed from x if not given), then drops it like a pruned token; its scores are `stage_scores`'."""
+        if self.is_merge_stage(stage):
+            if partner is None:
+                partner = token_ops.bipartite_keep_scores(x, self.num_prefix)[1]
+            merged = self.stage_keep_mask(stage, scores, threshold)[:, 0::2].logical_not()
+            base = x.new_ones(x.shape[:2]) if sizes is None else sizes
+            x, sizes = token_ops.merge_into_partners(x, base, merged, partner, self.num_prefix)
+        both = x if sizes is None else torch.cat([x, sizes[..., None]], dim=-1)  # sizes travel as a last channel
+        kept, lengths = select_tokens(both, scores, threshold, self.num_prefix, self.min_keep, self.inference.select,
                                       self._stage_cap(stage))
-        if self.dropped_tokens != "context":
-            return kept, lengths, None
+        kept, kept_sizes = _split_sizes(kept, sizes is not None, lengths)
+        if self.dropped_tokens != "context" or self.is_merge_stage(stage):
+            return StageOutput(kept, lengths, context, kept_sizes)
         dropped = self.stage_keep_mask(stage, scores, threshold).logical_not()
         if valid is not None:
             dropped = dropped & valid[:, self.num_prefix:]
         caps = None if self.inference.caps is None else self.inference.caps[:stage + 1]
         size = context_size(self.inference.select, self.geometry().num_patches, self.min_keep, caps)
-        tokens, context_valid = token_ops.add_to_context(
-            None if context is None else context.tokens, None if context is None else context.valid,
-            x[:, self.num_prefix:], dropped, size)
-        return kept, lengths, Context(tokens, context_valid)
+        if context is not None:
+            before = context.tokens if context.sizes is None else torch.cat([context.tokens, context.sizes[..., None]], -1)
+            before_valid = context.valid
+        elif sizes is not None:  # after a merge stage a sample may have fewer than `size` patch rows: start from padding
+            before = both.new_zeros(both.shape[0], size, both.shape[2])
+            before_valid = torch.zeros(both.shape[0], size, dtype=torch.bool, device=both.device)
+        else:
+            before = before_valid = None
+        tokens, context_valid = token_ops.add_to_context(before, before_valid, both[:, self.num_prefix:], dropped, size)
+        tokens, context_sizes = _split_sizes(tokens, sizes is not None, context_valid.sum(dim=1))
+        return StageOutput(kept, lengths, Context(tokens, context_valid, context_sizes), kept_sizes)
 
     def stage_keep_mask(self, stage: int, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         """[B, K] bool: the patch tokens `select_stage` keeps at `stage` (the selection's own rule and cap)."""
@@ -292,6 +345,8 @@ class GatedViT(nn.Module):
         geom = self.geometry()
         per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, tokens)
         total: torch.Tensor | int = embed_and_head_macs(geom)
+        if self.merge_block is not None:
+            total = total + merge_macs(geom.num_patches, geom.embed_dim)
         for i, n in enumerate(per_layer):
             g = gates[i] if gates is not None else BlockGates()
             heads = geom.heads[i] if g.heads is None else g.heads.sum(dim=-1)
@@ -299,7 +354,7 @@ class GatedViT(nn.Module):
             attn_on = int(geom.heads[i] > 0) if g.attn is None else g.attn
             mlp_on = int(geom.mlp_hidden[i] > 0) if g.mlp is None else g.mlp
             total = total + layer_macs(n, geom.embed_dim, geom.head_dim, heads, hidden, attn_on, mlp_on,
-                                       self._context_tokens(n, geom))
+                                       self._context_tokens(i, n, tokens, geom))
         return torch.as_tensor(total, dtype=torch.float32).expand(tokens.shape[0]) if not torch.is_tensor(total) else total
 
     def static_macs(self) -> torch.Tensor:
@@ -312,19 +367,31 @@ class GatedViT(nn.Module):
         """The cheapest this model can get: every stage at P + min_keep tokens and, with static gates, every
         sub-block removed except one head of the attention layers that score tokens. No budget can go lower."""
         geom = self.geometry()
-        fewest = torch.full((1, len(self.stages)), float(self.num_prefix + self.min_keep))
+        fewest = self.fewest_tokens()
         if self.static_gates is None:
             return float(self.macs(fewest)[0])
         per_layer = tokens_per_layer(geom.num_tokens, geom.depth, self.stages, fewest)
         total = float(embed_and_head_macs(geom))
         for i in self.score_layers:
             total += float(layer_macs(per_layer[i], geom.embed_dim, geom.head_dim, 1, 0, mlp_on=0,
-                                      context=self._context_tokens(per_layer[i], geom)))
+                                      context=self._context_tokens(i, per_layer[i], fewest, geom)))
         return total
 
-    def _context_tokens(self, tokens, geom: Geometry):
-        """Context rows a layer reads when it runs `tokens` tokens: every token not among them, in context mode."""
-        return geom.num_tokens - tokens if self.dropped_tokens == "context" else 0
+    def fewest_tokens(self) -> torch.Tensor:
+        """[1, S]: the fewest tokens (prefix included) each stage can leave: P + min_keep after a pruning stage, and
+        P + |B| after the merge stage (B tokens never merge)."""
+        least = [self.num_prefix + (self.geometry().num_patches // 2 if self.is_merge_stage(s) else self.min_keep)
+                 for s in range(len(self.stages))]
+        return torch.tensor([least], dtype=torch.float64)
+
+    def _context_tokens(self, layer: int, tokens, counts: torch.Tensor, geom: Geometry):
+        """Context rows layer `layer` reads when it runs `tokens` tokens (context mode): every token not among them,
+        except those a merge stage merged away (counts [B, S]: the kept tokens after each stage)."""
+        if self.dropped_tokens != "context":
+            return 0
+        if self.merge_block is None:
+            return geom.num_tokens - tokens
+        return counts[:, 0] - tokens if layer >= self.merge_block else 0
 
     # ---- slicing -------------------------------------------------------------------------------------------
     def sliced(self) -> "GatedViT":
@@ -347,6 +414,24 @@ class GatedViT(nn.Module):
                 _slice_router(model.group_gates.routers[i], heads if bool(attn) else torch.zeros_like(heads))
         model.static_gates = None
         return model
+
+
+class StageOutput(NamedTuple):
+    """What one stage of `GatedViT.forward_dropped` hands to the blocks after it."""
+
+    x: torch.Tensor  # [B, K, C] kept tokens, padded
+    lengths: torch.Tensor  # [B] int32, prefix included
+    context: Optional[Context]  # context mode: the frozen tokens so far
+    sizes: Optional[torch.Tensor]  # [B, K] after a merge stage: the input tokens each kept row stands for
+
+
+def _split_sizes(rows: torch.Tensor, has_sizes: bool, lengths: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Rows that carry their sizes as a last channel -> (rows, sizes), padding rows sized 1 (log 1 = 0, and no 0 to
+    take the log of; their keys are masked anyway)."""
+    if not has_sizes:
+        return rows, None
+    valid = token_ops.key_valid_from_lengths(lengths, rows.shape[1])
+    return rows[..., :-1], torch.where(valid, rows[..., -1], torch.ones_like(rows[..., -1]))
 
 
 def _slice_router(router: nn.Linear, heads: torch.Tensor) -> None:

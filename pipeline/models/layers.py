@@ -32,6 +32,7 @@ class Context(NamedTuple):
 
     tokens: torch.Tensor  # [B, Kc, C]
     valid: torch.Tensor  # [B, Kc] bool
+    sizes: Optional[torch.Tensor] = None  # [B, Kc] float after a merge stage: the input tokens each row stands for
 
 
 class GatedAttention(Attention):
@@ -48,8 +49,13 @@ class GatedAttention(Attention):
         context: Optional[Context] = None,
         score_valid: Optional[torch.Tensor] = None,
         shared_scores: bool = True,
+        key_bias: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns the attention output and, if asked, the [B, N - P] token scores from the class row.
+
+        `key_bias` [B, Nk] (context keys first, as `context`): added to every query's logit of each key. After a merge
+        stage it is log(size), ToMe's proportional attention: a row standing for s tokens draws the attention its s
+        members would.
 
         `shared_scores`: at inference, read the scores' class row off this attention (one pass) rather than a
         separate class-token pass (`gated_vit.Inference`).
@@ -70,7 +76,7 @@ class GatedAttention(Attention):
         q, k = self.q_norm(q), self.k_norm(k)
         if value_gate is not None:  # straight-through token mask: value 1 on kept tokens, gradient to thresholds
             v = v * value_gate[:, None, :, None]
-        out, attn, head_out = self._attend(q, k, v, attn_valid, want_scores, shared_scores)
+        out, attn, head_out = self._attend(q, k, v, attn_valid, want_scores, shared_scores, key_bias)
         scores = None
         if want_scores:
             gate = None if head_gate is None else head_gate.detach()
@@ -97,19 +103,27 @@ class GatedAttention(Attention):
         return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: Optional[torch.Tensor],
-                want_scores: bool, shared_scores: bool = True
+                want_scores: bool, shared_scores: bool = True, key_bias: Optional[torch.Tensor] = None,
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Attention output and, if scores are wanted, the class row and each head's class-token output, detached
         (the scores pass no gradient into q, k, v). Inference reads them off this attention in one pass
         (`token_ops.attention_with_class_row`) unless `shared_scores` is off; training keeps the fused kernel and a
         separate class-token pass."""
-        if want_scores and not self.training and shared_scores:
-            out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid)
+        bias = None if key_bias is None else key_bias[:, None, :]
+        if not self.training and (want_scores and shared_scores or key_bias is not None):
+            # With a key bias (after a merge stage) attention is written out too: SDPA's float-mask path would view
+            # its data-dependent output in a way torch.export cannot prove (a stride of Max(1, K)).
+            out, attn, head_out = token_ops.attention_with_class_row(q, k, v, self.scale, key_valid, bias)
+            if not want_scores:
+                return out, None, None
+            if not shared_scores:  # the scores' separate class-token pass, as without a bias
+                attn, head_out = token_ops.class_attention(q[:, :, 0], k, v, self.scale, key_valid, key_bias=bias)
             return out, attn.detach(), head_out.detach()
-        out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0)
+        out = token_ops.masked_attention(q, k, v, key_valid, self.attn_drop.p if self.training else 0.0, key_bias)
         if not want_scores:
             return out, None, None
-        attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale, key_valid)
+        attn, head_out = token_ops.class_attention(q[:, :, 0].detach(), k.detach(), v.detach(), self.scale, key_valid,
+                                                   key_bias=bias)
         return out, attn, head_out
 
 
@@ -136,15 +150,18 @@ class GatedBlock(Block):
         update_gate: Optional[torch.Tensor] = None,
         score_valid: Optional[torch.Tensor] = None,
         shared_scores: bool = True,
+        sizes: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`context`: frozen tokens the attention also reads; `update_gate` ([B, N], training with context): how much
         of each branch a token takes (0 freezes it); `score_valid`, `shared_scores`: see
-        `GatedAttention.forward_gated`."""
+        `GatedAttention.forward_gated`; `sizes` [B, N]: after a merge stage, the input tokens each row of x stands for
+        (the context's are in `context.sizes`), which the attention weighs its keys by."""
         scores = None
         if self.attn is not None and not self._skipped(gates.attn):
             normed = None if context is None else Context(self.norm1(context.tokens), context.valid)
             a, scores = self.attn.forward_gated(self.norm1(x), key_valid, value_gate, gates.heads, num_prefix,
-                                                want_scores, normed, score_valid, shared_scores)
+                                                want_scores, normed, score_valid, shared_scores,
+                                                size_bias(sizes, context))
             x = x + _per_token(self.drop_path1(_scale(self.ls1(a), gates.attn)), update_gate)
         if self.mlp is not None and not self._skipped(gates.mlp):
             branch = self.ls2(self.mlp.forward_gated(self.norm2(x), gates.channels))
@@ -154,6 +171,13 @@ class GatedBlock(Block):
     def _skipped(self, gate: Optional[torch.Tensor]) -> bool:
         """At inference a closed gate skips its sub-block's compute; in training it must run for the gradient."""
         return not self.training and gate is not None and bool((gate == 0).all())
+
+
+def size_bias(sizes: Optional[torch.Tensor], context: Optional[Context]) -> Optional[torch.Tensor]:
+    """log(size) of every key, context rows first (proportional attention); None before any merge stage."""
+    if sizes is None:
+        return None
+    return sizes.log() if context is None else torch.cat([context.sizes, sizes], dim=1).log()
 
 
 def _gated_linear(layer: nn.Linear, x: torch.Tensor, gate: Optional[torch.Tensor], group: int) -> torch.Tensor:

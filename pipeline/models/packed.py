@@ -55,6 +55,7 @@ class Layout(NamedTuple):
     bias: torch.Tensor  # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
     starts: torch.Tensor  # [B] int64: each sample's first packed row
     lengths: torch.Tensor  # [B] int64: each sample's packed rows
+    row_bias: Optional[torch.Tensor] = None  # [R] float after a merge stage: log(size) of each row, in row order
 
 
 def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
@@ -91,6 +92,17 @@ class Context(NamedTuple):
     keys: torch.Tensor  # [R + Rc] int64: rows of cat([kept rows, context rows]) in key order, sample after sample:
     # the sample's kept tokens, then its context (own keys first, so they sit where its queries sit)
     key_layout: Layout  # where each sample's keys are in that order
+    sizes: Optional[torch.Tensor] = None  # [Rc] after a merge stage: the input tokens each context row stands for
+
+
+def with_sizes(layout: Layout, sizes: Optional[torch.Tensor]) -> Layout:
+    """`layout` whose key bias also weighs each key by log(size) (proportional attention after a merge stage);
+    `sizes` [R] of the packed rows the layout indexes. Built once per stage, so the blocks pay nothing more."""
+    if sizes is None:
+        return layout
+    bias = torch.where(layout.valid, sizes[layout.index].reshape(layout.valid.shape).log(),
+                       torch.full((), MASK_BIAS, dtype=sizes.dtype))
+    return layout._replace(bias=bias[:, None, :], row_bias=sizes.log())
 
 
 def packed_width(lengths: torch.Tensor, least: int = 0) -> int:
@@ -110,12 +122,17 @@ def interleave(first: Layout, second: Layout, first_rows: int) -> torch.Tensor:
     return source.reshape(-1)[valid.reshape(-1).nonzero().squeeze(1)]
 
 
-def with_keys(rows: torch.Tensor, context_rows: torch.Tensor, context_layout: Layout, layout: Layout) -> Context:
-    """A stage's context plus the key order of its blocks (`Context.keys`)."""
+def with_keys(rows: torch.Tensor, context_rows: torch.Tensor, context_layout: Layout, layout: Layout,
+              sizes: Optional[torch.Tensor] = None, context_sizes: Optional[torch.Tensor] = None) -> Context:
+    """A stage's context plus the key order of its blocks (`Context.keys`); after a merge stage the keys are
+    weighed by the sizes of the kept rows (`sizes`) and of the context rows (`context_sizes`)."""
     keys = interleave(layout, context_layout, rows.shape[0])
     key_lengths = layout.lengths + context_layout.lengths
     key_layout = layout_from_lengths(key_lengths, packed_width(key_lengths, 1), rows.dtype)
-    return Context(context_rows, context_layout, keys, key_layout)
+    if sizes is not None:
+        # key_layout.index points into the key order; the sizes in that order are those of cat([kept, context])
+        key_layout = with_sizes(key_layout, torch.cat([sizes, context_sizes], dim=0)[keys])
+    return Context(context_rows, context_layout, keys, key_layout, context_sizes)
 
 
 def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
@@ -147,7 +164,7 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if varlen and not want_scores and plain_qk:
         out = varlen_attention(q, kv, layout.starts, layout.lengths, key_layout.starts, key_layout.lengths,
-                               layout.flat, attn.scale)
+                               layout.flat, attn.scale, key_layout.row_bias)
         return attn.proj_drop(attn.proj(out)), None
     batch = layout.valid.shape[0]
     q = q.index_select(1, layout.index).reshape(heads, batch, -1, dim)
@@ -205,19 +222,34 @@ class PackedForward(nn.Module):
         for i in range(stages[0]):  # every token is kept before the first stage: the plain dense layout
             x, scores = blocks[i].forward_gated(x, None, None, m.block_gates(i, x[:, 0], None), prefix,
                                                 want_scores=i in m.score_layers)
-        rows, layout, context, kept = x.reshape(-1, x.shape[-1]), None, None, []
+        rows, layout, context, sizes, kept = x.reshape(-1, x.shape[-1]), None, None, None, []
         for i in range(stages[0], len(blocks)):
             if i in stages:
-                rows, layout, context, lengths = self._select(rows, layout, scores, stages.index(i), context)
+                s = stages.index(i)
+                if m.is_merge_stage(s):  # the first stage: x is still the plain [B, N, C] layout
+                    scores, partner = token_ops.bipartite_keep_scores(x, prefix)
+                    rows, sizes = self._merge(x, scores, partner, s)
+                rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
                 kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
                                         varlen=self.varlen, context=context)
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
+    def _merge(self, x: torch.Tensor, scores: torch.Tensor, partner: torch.Tensor,
+               stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merge stage on the plain layout: each merged token averaged into its partner (`_select` drops it
+        next); returns the rows [B * N, C] and their sizes [B * N]."""
+        m = self.model
+        merged = keep_mask(scores, m.thresholds[stage], m.min_keep)[:, 0::2].logical_not()
+        x, sizes = token_ops.merge_into_partners(x, x.new_ones(x.shape[:2]), merged, partner, m.num_prefix)
+        return x.reshape(-1, x.shape[-1]), sizes.reshape(-1)
+
     def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
-                context: Optional[Context]) -> tuple[torch.Tensor, Layout, Optional[Context], torch.Tensor]:
+                context: Optional[Context], sizes: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, Layout, Optional[Context], Optional[torch.Tensor], torch.Tensor]:
         """Keep the stage's tokens: new packed rows, their layout, the context (context mode: grown by the tokens
-        this stage drops) and each sample's token count."""
+        this stage drops), the kept rows' sizes (after a merge stage; `sizes` are those of `rows`) and each sample's
+        token count."""
         m = self.model
         batch = scores.shape[0]
         keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
@@ -229,20 +261,26 @@ class PackedForward(nn.Module):
         width = packed_width(lengths, m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
         torch._check(width <= mask.shape[1])
         new_layout = layout_from_lengths(lengths, width, rows.dtype)
-        if m.dropped_tokens != "context":
-            return rows[source], new_layout, None, lengths
+        kept_sizes = None if sizes is None else sizes[source]
+        if m.dropped_tokens != "context" or m.is_merge_stage(stage):
+            return rows[source], with_sizes(new_layout, kept_sizes), context, kept_sizes, lengths
         present = torch.ones_like(mask) if layout is None else layout.valid
         dropped = present & torch.cat([prefix.logical_not(), keep.logical_not()], dim=1)
         taken = dropped.reshape(-1).nonzero().squeeze(1)
-        dropped_rows = rows[taken if layout is None else layout.index[taken]]
+        dropped_source = taken if layout is None else layout.index[taken]
+        dropped_rows = rows[dropped_source]
+        dropped_sizes = None if sizes is None else sizes[dropped_source]
         dropped_lengths = dropped.sum(dim=1)
         if context is None:
-            context_rows, context_lengths = dropped_rows, dropped_lengths
+            context_rows, context_lengths, context_sizes = dropped_rows, dropped_lengths, dropped_sizes
         else:
             dropped_layout = layout_from_lengths(dropped_lengths, packed_width(dropped_lengths), rows.dtype)
             merged = interleave(context.layout, dropped_layout, context.rows.shape[0])
             context_rows = torch.cat([context.rows, dropped_rows], dim=0)[merged]
+            context_sizes = None if sizes is None else torch.cat([context.sizes, dropped_sizes], dim=0)[merged]
             context_lengths = context.layout.lengths + dropped_lengths
         context_layout = layout_from_lengths(context_lengths, packed_width(context_lengths), rows.dtype)
         kept_rows = rows[source]
-        return kept_rows, new_layout, with_keys(kept_rows, context_rows, context_layout, new_layout), lengths
+        return (kept_rows, with_sizes(new_layout, kept_sizes),
+                with_keys(kept_rows, context_rows, context_layout, new_layout, kept_sizes, context_sizes),
+                kept_sizes, lengths)

@@ -16,7 +16,7 @@ import torch
 from pipeline.errors import fail
 from pipeline.models import GatedViT
 from pipeline.models.layers import Context
-from pipeline.models.token_ops import key_valid_from_lengths
+from pipeline.models.token_ops import bipartite_keep_scores, key_valid_from_lengths
 
 # (stage index, pooled finite scores of every valid patch token at that stage) -> the stage's threshold
 ThresholdRule = Callable[[int, torch.Tensor], float]
@@ -28,6 +28,8 @@ class _Chunk:
     valid: Optional[torch.Tensor]
     scores: Optional[torch.Tensor]
     context: Optional[Context] = None
+    sizes: Optional[torch.Tensor] = None  # after a merge stage
+    partner: Optional[torch.Tensor] = None  # before the merge stage: each A token's partner
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class StagedForward:
                        "set gates.token_stages (or leave it null for the default stages)")
         self.model = model.eval()
         with torch.no_grad():
-            self._prefix = [self._blocks(_Chunk(model.embed(chunk), None, None), 0, model.stages[0])
+            self._prefix = [self._merge_scores(self._blocks(_Chunk(model.embed(chunk), None, None), 0, model.stages[0]))
                             for chunk in images.split(batch_size)]
 
     @torch.no_grad()
@@ -69,10 +71,10 @@ class StagedForward:
             theta = torch.tensor(threshold, dtype=torch.float32)
             next_chunks, stage_lengths = [], []
             for c in chunks:
-                x, kept, context = model.select_stage(s, c.x, c.valid, c.scores, c.context, theta)
-                valid = key_valid_from_lengths(kept, x.shape[1])
-                next_chunks.append(self._blocks(_Chunk(x, valid, None, context), start, end, model))
-                stage_lengths.append(kept)
+                out = model.select_stage(s, c.x, c.valid, c.scores, c.context, theta, c.sizes, c.partner)
+                valid = key_valid_from_lengths(out.lengths, out.x.shape[1])
+                next_chunks.append(self._blocks(_Chunk(out.x, valid, None, out.context, out.sizes), start, end, model))
+                stage_lengths.append(out.lengths)
             chunks = next_chunks
             lengths.append(torch.cat(stage_lengths))
         logits = torch.cat([model.head(c.x) for c in chunks])
@@ -85,18 +87,41 @@ class StagedForward:
             gates = model.block_gates(i, x[:, 0], None)
             x, scores = model.vit.blocks[i].forward_gated(x, chunk.valid, None, gates, model.num_prefix,
                                                           i in model.score_layers, chunk.context,
-                                                          shared_scores=model.inference.shared_scores)
-        return _Chunk(x, chunk.valid, scores, chunk.context)
+                                                          shared_scores=model.inference.shared_scores,
+                                                          sizes=chunk.sizes)
+        return _Chunk(x, chunk.valid, scores, chunk.context, chunk.sizes)
+
+    def _merge_scores(self, chunk: _Chunk) -> _Chunk:
+        """Before a first stage that merges: its scores and partners, which no threshold changes."""
+        if not self.model.is_merge_stage(0):
+            return chunk
+        scores, partner = bipartite_keep_scores(chunk.x, self.model.num_prefix)
+        return _Chunk(chunk.x, chunk.valid, scores, chunk.context, chunk.sizes, partner)
+
+
+MIN_GAP = 1e-6  # a threshold sits between pooled scores at least this far apart (float32 rounding: ~1e-7)
 
 
 def quantile_threshold(pooled: torch.Tensor, keep: float) -> float:
-    """The threshold that keeps the `keep` share of the pooled scores: midway between the last kept and the first
-    dropped. keep >= 1 gives 0.0 (relative scores are positive, so every token passes)."""
+    """The threshold that keeps about the `keep` share of the pooled scores: midway between the last kept and the
+    first dropped. keep >= 1 gives a threshold below every score (1.0 below the lowest; 0.0 with no scores).
+
+    The cut moves to the nearest place where consecutive scores differ by at least MIN_GAP (keeping more on a tie):
+    a threshold between two equal or nearly equal scores would let float rounding decide those tokens, differently
+    in PyTorch and in each runtime. Scores that tie exactly are common after a merge stage (identical background
+    patches have a cosine similarity of exactly 1 in float32)."""
     n = pooled.numel()
-    count = int(round(keep * n))
-    if count >= n or n == 0:
+    if n == 0:
         return 0.0
     ordered = pooled.sort(descending=True).values
+    count = int(round(keep * n))
+    if count >= n:
+        return float(ordered[-1]) - 1.0
     if count <= 0:
-        return float(ordered[0]) + 1.0  # nothing passes; min_keep tops up
-    return float((ordered[count - 1] + ordered[count]) / 2)
+        return float(ordered[0]) + 1.0
+    cuts = ((ordered[:-1] - ordered[1:]) >= MIN_GAP).nonzero().flatten() + 1  # cut c keeps ordered[:c]
+    if cuts.numel() == 0:
+        return float(ordered[-1]) - 1.0 if keep >= 0.5 else float(ordered[0]) + 1.0
+    distance = (cuts - count).abs()
+    cut = int(cuts[(distance == distance.min()).nonzero().flatten()[-1]])  # the nearer cut; on a tie the larger
+    return float((ordered[cut - 1] + ordered[cut]) / 2)

@@ -224,13 +224,77 @@ def add_to_context(
     return tokens, torch.arange(size, device=rows.device)[None, :] < counts[:, None]
 
 
+def bipartite_keep_scores(x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A merge stage's scores: how much each patch token would lose by merging, and into which token it would go.
+
+    The patch tokens alternate between set A (patch positions 0, 2, 4, ...) and set B (1, 3, ...). Each A token's
+    partner is the B token most similar to it (cosine similarity of the tokens themselves; the first on ties), and
+    its keep score is minus that similarity: a threshold keeps the A tokens least like any B token and merges the
+    rest. B tokens score +inf, so they are always kept (and absorb the A tokens merged into them).
+
+    Args:
+        x: [B, N, C], every token present (merge stages come before any pruning stage).
+    Returns:
+        scores [B, N - P] (+inf on B tokens) and partner [B, |A|] int64: each A token's partner as an index into B.
+    """
+    patches = x[:, num_prefix:]
+    unit = patches / patches.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    similarity = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
+    best, partner = similarity.max(dim=-1)
+    never = torch.full_like(patches[:, 1::2, 0], float("inf"))
+    return interleave_sets(-best[..., None], never[..., None])[..., 0], partner
+
+
+def interleave_sets(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of set A [B, |A|, C] and set B [B, |B|, C] back in patch order (A, B, A, B, ...; |A| - |B| is 0 or 1):
+    one concatenation and a gather with a constant order."""
+    count = a.shape[1] + b.shape[1]
+    position = torch.arange(count, device=a.device)
+    order = torch.where(position % 2 == 0, position // 2, a.shape[1] + position // 2)
+    return torch.cat([a, b], dim=1)[:, order]
+
+
+def merge_into_partners(x: torch.Tensor, sizes: torch.Tensor, merged: torch.Tensor, partner: torch.Tensor,
+                        num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average every merged A token into its B partner, weighted by the input tokens each row stands for.
+
+    Args:
+        x: [B, N, C]; sizes: [B, N] (1 for a token that has absorbed nothing); merged: [B, |A|] bool, the A tokens
+        that leave; partner: [B, |A|] int64 index into B (`bipartite_keep_scores`).
+    Returns:
+        x and sizes where each B row is the size-weighted mean of itself and the A rows merged into it, its size
+        their sum; A rows are unchanged (the merged ones are dropped next).
+    """
+    patches, patch_sizes = x[:, num_prefix:], sizes[:, num_prefix:]
+    xb, sb = merge_sets(patches[:, 0::2], patches[:, 1::2], patch_sizes[:, 0::2], patch_sizes[:, 1::2], merged,
+                        partner)
+    return (torch.cat([x[:, :num_prefix], interleave_sets(patches[:, 0::2], xb)], dim=1),
+            torch.cat([sizes[:, :num_prefix], interleave_sets(patch_sizes[:, 0::2, None], sb[..., None])[..., 0]], 1))
+
+
+def merge_sets(xa: torch.Tensor, xb: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor, merged: torch.Tensor,
+               partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The B rows [B, |B|, C] and sizes [B, |B|] after the `merged` A rows [B, |A|, C] (sizes sa) joined their
+    partners: size-weighted means. The sums are one [|B|, |A|] one-hot product per sample (a standard MatMul,
+    which every runtime builds; ScatterElements' add-reduction is not supported everywhere)."""
+    target = torch.arange(xb.shape[1], device=xb.device)[None, :, None]
+    joins = ((partner[:, None, :] == target) & merged[:, None, :]).to(xa.dtype)  # [B, |B|, |A|]
+    moved = joins @ torch.cat([xa * sa[..., None], sa[..., None]], dim=-1)  # [B, |B|, C + 1]: mass and size
+    total = sb + moved[..., -1]
+    return (xb * sb[..., None] + moved[..., :-1]) / total[..., None], total
+
+
 def key_valid_from_lengths(lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """[B, K] bool: True for the first lengths[b] tokens of each sample."""
     return torch.arange(num_tokens, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None,
-                     dropout_p: float = 0.0) -> torch.Tensor:
-    """SDPA with padded/dropped keys masked by a boolean mask, so the fused kernel stays in use."""
+                     dropout_p: float = 0.0, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA with padded/dropped keys masked by a boolean mask, so the fused kernel stays in use; a `key_bias` [B, N]
+    (log sizes after a merge stage) makes it an additive float mask, -inf on the masked keys."""
     mask = None if key_valid is None else key_valid[:, None, None, :]
+    if key_bias is not None:
+        bias = key_bias[:, None, None, :]
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

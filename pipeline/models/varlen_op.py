@@ -6,6 +6,8 @@ The eager body is the reference, written like the ONNX expansion (`pipeline.expo
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 @torch.library.custom_op("tokengate::varlen_attention", mutates_args=())
 def varlen_attention(q: torch.Tensor, kv: torch.Tensor, q_starts: torch.Tensor, q_lengths: torch.Tensor,
                      kv_starts: torch.Tensor, kv_lengths: torch.Tensor, flat: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, kv_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention of each sample's query rows over its own key/value rows.
 
     Args:
@@ -23,6 +25,8 @@ def varlen_attention(q: torch.Tensor, kv: torch.Tensor, q_starts: torch.Tensor, 
         kv_starts, kv_lengths: [B] int64: the same for its keys and values.
         flat: [R] int64, each query row's position b * K + j in the padded [B, K] view, K = max(q_lengths) (the
             packed layout's `flat`); a layout of another width would misplace rows here as in the ONNX Loop.
+        kv_bias: [Rk] float or None, added to every query's logit of each key row (after a merge stage: log(size),
+            proportional attention).
     Returns:
         [R, H * d]: each query row's attention output, heads concatenated.
     """
@@ -32,11 +36,12 @@ def varlen_attention(q: torch.Tensor, kv: torch.Tensor, q_starts: torch.Tensor, 
         start, length = int(q_starts[b]), int(q_lengths[b])
         kv_start, kv_length = int(kv_starts[b]), int(kv_lengths[b])
         k, v = kv[:, :, kv_start:kv_start + kv_length].unbind(0)
-        out = F.scaled_dot_product_attention(q[:, start:start + length], k, v, scale=scale)  # [H, L, d]
+        bias = None if kv_bias is None else kv_bias[kv_start:kv_start + kv_length]
+        out = F.scaled_dot_product_attention(q[:, start:start + length], k, v, attn_mask=bias, scale=scale)  # [H, L, d]
         padded[b * width:b * width + length] = out.transpose(0, 1).reshape(length, -1)
     return padded[flat]
 
 
 @varlen_attention.register_fake
-def _varlen_attention_fake(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale):
+def _varlen_attention_fake(q, kv, q_starts, q_lengths, kv_starts, kv_lengths, flat, scale, kv_bias=None):
     return q.new_empty(q.shape[1], q.shape[0] * q.shape[2])

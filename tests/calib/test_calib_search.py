@@ -5,7 +5,7 @@ import torch
 from calib.cost import cost_ratio, floor_ratio, reference_macs
 from calib.inputs import model_inputs
 from calib.search import ThresholdSearch, neighbours, simplex_grid
-from pipeline.models.staged import quantile_threshold
+from pipeline.models.staged import MIN_GAP, quantile_threshold
 from pipeline.models.staged import StagedForward
 from pipeline.data import load_dataset
 from pipeline.errors import TokenGateError
@@ -33,7 +33,22 @@ def test_quantile_threshold_keeps_the_asked_share():
     scores = torch.tensor([0.1, 0.5, 0.9, 1.3, 2.0])
     assert quantile_threshold(scores, 0.4) == pytest.approx(1.1)  # midway between the 2nd kept and the 1st dropped
     assert int((scores > quantile_threshold(scores, 0.6)).sum()) == 3
-    assert quantile_threshold(scores, 1.0) == 0.0 and int((scores > quantile_threshold(scores, 0.0)).sum()) == 0
+    assert quantile_threshold(scores, 1.0) == pytest.approx(0.1 - 1.0)  # below every score: all pass
+    assert int((scores > quantile_threshold(scores, 0.0)).sum()) == 0
+    assert quantile_threshold(torch.tensor([]), 0.5) == 0.0
+
+
+def test_quantile_threshold_never_cuts_between_tied_scores():
+    """Tied (or nearly tied, under MIN_GAP) scores fall on one side: float rounding would decide them otherwise,
+    differently in each runtime. The cut moves to the nearest gap, keeping more on a tie."""
+    scores = torch.tensor([3.0, 2.0, 1.0, 1.0, 1.0, 1.0 + MIN_GAP / 10, 0.0])
+    threshold = quantile_threshold(scores, 3 / 7)  # the cut would fall inside the block of four near-1.0 scores
+    assert threshold == pytest.approx(1.5, abs=1e-5) and int((scores > threshold).sum()) == 2
+    assert int((scores > quantile_threshold(scores, 5 / 7)).sum()) == 6  # nearer the cut below the block
+    assert int((scores > quantile_threshold(scores, 4 / 7)).sum()) == 6  # equally near both: keep more
+    equal = torch.ones(5)
+    assert int((equal > quantile_threshold(equal, 0.6)).sum()) == 5 and \
+        int((equal > quantile_threshold(equal, 0.2)).sum()) == 0
 
 
 def test_profile_grid_covers_the_simplex():

@@ -108,7 +108,7 @@ def test_fixed_counts_equal_the_reference_and_fill_the_context_exactly():
         for i in range(model.stages[0]):
             x, scores = model.vit.blocks[i].forward_gated(x, None, None, model.block_gates(i, x[:, 0], None), 1,
                                                           i in model.score_layers)
-        _, _, context = model.select_stage(0, x, None, scores, None, model.thresholds[0])
+        context = model.select_stage(0, x, None, scores, None, model.thresholds[0]).context
     torch.testing.assert_close(logits, expected, rtol=0, atol=PATH_TOL)
     assert (kept == 1 + torch.tensor(counts)).all()
     assert context.tokens.shape[1] == 49 - 30 and context.valid.all()
