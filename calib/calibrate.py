@@ -25,6 +25,7 @@ from calib.search import SearchResult, ThresholdSearch
 from calib.sets import CalibSet
 from calib.source import Source
 from calib.tome import evaluate_tome
+from calib.tome_export import BASELINE_FILE, export_tome
 from calib.tome_search import MAX_FORWARDS, MergeResult, MergeSearch, MergeTrial
 
 
@@ -81,24 +82,26 @@ def check_set_matches(cal: CalibSet, dataset: Dataset) -> None:
                    "build --image-folder DIR --out calib/sets/NAME (or --fashion-mnist ROOT)")
 
 
-def calibrated_config(source: Source, budget: float, dropped_tokens: str = "context"):
-    """The run's config: the source's, with the weights now in the run dir, no gates left to train, and what
-    becomes of pruned tokens (`gates.dropped_tokens`)."""
+def calibrated_config(source: Source, budget: float, dropped_tokens: str = "context",
+                      merge_block: Optional[int] = 0):
+    """The run's config: the source's, with the weights now in the run dir, no gates left to train, what becomes
+    of pruned tokens (`gates.dropped_tokens`) and the block before which similar tokens merge (`gates.merge_block`)."""
     cfg = source.cfg
     return replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
-                   gates=replace(cfg.gates, static=False, dynamic="none", dropped_tokens=dropped_tokens),
+                   gates=replace(cfg.gates, static=False, dynamic="none", dropped_tokens=dropped_tokens,
+                                 merge_block=merge_block),
                    budget=replace(cfg.budget, target=budget))
 
 
 def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Sequence[float] = (),
               baseline: bool = True, merging: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True,
-              dropped_tokens: str = "context") -> dict:
+              dropped_tokens: str = "context", merge_block: Optional[int] = 0) -> dict:
     """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content."""
     for b in (budget, *sweep):
         check_budget(b)
     notes = prepare_out(out, Path(source.origin["run"]) if "run" in source.origin else None)
     started = time.time()
-    cfg = calibrated_config(source, budget, dropped_tokens)
+    cfg = calibrated_config(source, budget, dropped_tokens, merge_block)
     dataset = load_dataset(cfg.data, cfg.model)
     check_set_matches(cal, dataset)
     images = model_inputs(cal, cfg.model.in_chans, cfg.model.img_size, dataset.mean, dataset.std)
@@ -107,16 +110,21 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
         dense_logits = torch.cat([teacher.forward_dropped(chunk)[0] for chunk in images.split(batch_size)])
     reference = reference_macs(teacher)
     student = build_student(cfg, weights_from=teacher, static_gates=False).eval()
+    # The fixed-rate baselines prune at the token stages alone, as published (no merge stage).
+    plain = student if merge_block is None else \
+        build_student(replace(cfg, gates=replace(cfg.gates, merge_block=None)), weights_from=teacher,
+                      static_gates=False).eval()
     floor = floor_ratio(student, reference)
     for b in (budget, *sweep):  # before anything slow runs
         check_reachable(b, floor, student)
     searcher = ThresholdSearch(student, images, dense_logits, reference, batch_size)
-    fixed_searcher = FixedRateSearch(student, images, dense_logits, reference, batch_size) if baseline else None
+    fixed_searcher = FixedRateSearch(plain, images, dense_logits, reference, batch_size) if baseline else None
     merge_searcher = MergeSearch(teacher, images, dense_logits, reference, batch_size) if merging else None
     dense = evaluate(teacher, dataset, dataset.val, batch_size, desc="dense val")
     points: dict[float, Point] = {}
     for b in sorted({budget, *sweep}):
-        points[b] = measure_budget(searcher, fixed_searcher, student, dataset, dense, b, steps, batch_size, progress)
+        points[b] = measure_budget(searcher, fixed_searcher, student, plain, dataset, dense, b, steps, batch_size,
+                                   progress)
         if merge_searcher is not None:
             measure_merging(points[b], merge_searcher, dataset, dense, batch_size, progress)
             if points[b].merging is None:
@@ -124,12 +132,14 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
                              f"GFLOPs (budget {b:g}): no merging baseline there")
     main = points[budget]
     set_thresholds(student, main.search.best.thresholds)
+    cfg, student, idle = drop_idle_stages(cfg, student, teacher)
     deployed = deployed_cost(student, images, reference, batch_size)
     if abs(deployed - main.search.best.ratio) > 1e-6:  # a token exactly at a threshold, decided by batch composition
         notes.append(f"as deployed the thresholds cost {deployed:.4f} on the calibration set, "
                      f"{main.search.best.ratio:.4f} in the search")
     summary = {
-        "teacher": _row(dense), "student": _row(main.val), "student_vs_teacher": compare(dense, main.val),
+        "teacher": _row(dense), "student": _row(main.val, searcher.model.stages, idle),
+        "student_vs_teacher": compare(dense, main.val),
         "calibration": {
             "method": "pooled-quantile thresholds per stage; profile grid + bisection on the knob; min KL to dense",
             "dropped_tokens": dropped_tokens,
@@ -138,19 +148,25 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
             "merging_method": None if not merging else "ToMe-style bipartite soft matching with proportional "
                               "attention, merge counts per block from ToMe's schedules refined by exchange moves "
                               f"(at most {MAX_FORWARDS} forwards), MACs within the cost, min KL to dense",
-            **main.to_dict(dense), "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),
+            **main.to_dict(dense), "searched_stages": list(searcher.model.stages), "idle_stages_removed": idle,
+            "stages": list(student.stages), "merge_block": student.merge_block,
+            "calib_gflops_ratio_deployed": deployed, "calib_set": cal.describe(),
             "source": source.origin, "forwards": searcher.forwards, "seconds": round(time.time() - started, 1),
             "sweep": [p.to_dict(dense) for p in points.values()] if sweep else [],
         },
     }
     write_run(out, cfg, teacher, student, summary)
+    if main.merging is not None:  # the baseline as a file too, timed beside the calibrated model's
+        export_tome(teacher, main.merging.best.merges, cfg, out)
+    else:
+        (out / BASELINE_FILE).unlink(missing_ok=True)  # an earlier calibration's, of other merges
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return summary
 
 
 def measure_budget(searcher: ThresholdSearch, fixed_searcher: Optional[FixedRateSearch], student: GatedViT,
-                   dataset: Dataset, dense: EvalResult, budget: float, steps: int, batch_size: int,
+                   plain: GatedViT, dataset: Dataset, dense: EvalResult, budget: float, steps: int, batch_size: int,
                    progress: bool) -> Point:
     result = searcher.search(budget, steps, progress)
     set_thresholds(student, result.best.thresholds)
@@ -158,12 +174,12 @@ def measure_budget(searcher: ThresholdSearch, fixed_searcher: Optional[FixedRate
     if fixed_searcher is not None:
         # Same GFLOPs as the calibrated model on the data both are measured on (its cost varies with the data).
         point.fixed = fixed_searcher.search(point.val.gflops / dense.gflops, progress=progress)
-        point.fixed_val = evaluate(fixed_model(student, point.fixed.best.counts), dataset, dataset.val, batch_size,
+        point.fixed_val = evaluate(fixed_model(plain, point.fixed.best.counts), dataset, dataset.val, batch_size,
                                    desc="fixed-rate val")
         uniform = point.fixed.uniform
         if uniform is not None:
             point.uniform_val = point.fixed_val if uniform.counts == point.fixed.best.counts else evaluate(
-                fixed_model(student, uniform.counts), dataset, dataset.val, batch_size, desc="uniform-rate val")
+                fixed_model(plain, uniform.counts), dataset, dataset.val, batch_size, desc="uniform-rate val")
     return point
 
 
@@ -183,6 +199,21 @@ def measure_merging(point: Point, searcher: MergeSearch, dataset: Dataset, dense
             desc="constant merging val")
 
 
+def drop_idle_stages(cfg, student: GatedViT, teacher: GatedViT) -> tuple:
+    """Leave out of the written model the pruning stages whose threshold keeps every token (below 0: relative
+    scores are never negative). They change no output and no MACs, but each costs an exported graph its scoring,
+    selection and context nodes. Returns (config, student, the blocks of the stages removed); at least one stage
+    stays."""
+    idle = [block for s, block in enumerate(student.stages)
+            if not student.is_merge_stage(s) and float(student.thresholds[s]) < 0]
+    if not idle or len(idle) == len(student.stages):
+        return cfg, student, []
+    cfg = replace(cfg, gates=replace(cfg.gates, token_stages=tuple(b for b in student.token_stages if b not in idle)))
+    kept = build_student(cfg, weights_from=teacher, static_gates=False).eval()
+    set_thresholds(kept, [float(t) for block, t in zip(student.stages, student.thresholds) if block not in idle])
+    return cfg, kept, idle
+
+
 def set_thresholds(model: GatedViT, thresholds: Sequence[float]) -> None:
     with torch.no_grad():
         model.thresholds.copy_(torch.tensor(list(thresholds), dtype=model.thresholds.dtype))
@@ -196,5 +227,7 @@ def deployed_cost(model: GatedViT, images: torch.Tensor, reference: float, batch
     return cost_ratio(model, lengths, reference)
 
 
-def _row(result: EvalResult) -> dict:
-    return {"top1": result.top1, "gflops": result.gflops, "params": result.params, "mean_kept_tokens": result.mean_kept}
+def _row(result: EvalResult, stages: Sequence[int] = (), idle: Sequence[int] = ()) -> dict:
+    """summary.json's row of a model; `idle` stages (removed from the written model) drop out of the kept counts."""
+    kept = [k for block, k in zip(stages, result.mean_kept) if block not in idle] if stages else result.mean_kept
+    return {"top1": result.top1, "gflops": result.gflops, "params": result.params, "mean_kept_tokens": kept}

@@ -25,9 +25,8 @@ def cost_ratio(model: GatedViT, lengths: torch.Tensor, reference: float) -> floa
 
 def floor_ratio(model: GatedViT, reference: float) -> float:
     """The least any thresholds can cost: patch embedding, head and the blocks before the first stage at every token,
-    then prefix + min_keep tokens from the first stage on."""
-    least = torch.full((1, len(model.stages)), float(model.num_prefix + model.min_keep), dtype=torch.float64)
-    return float(model.macs(least)[0]) / reference
+    then the fewest tokens each stage can leave (`GatedViT.fewest_tokens`)."""
+    return float(model.macs(model.fewest_tokens())[0]) / reference
 
 
 def check_budget(budget: float) -> None:

@@ -18,7 +18,8 @@ def plot_calibration(summary: dict, trained: Optional[dict], path: str | Path) -
     rows = sorted(cal["sweep"] or [cal], key=lambda r: r["gflops_ratio"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.plot([r["gflops_ratio"] for r in rows], [r["top1"] for r in rows], "o-",
-            label="calibrated thresholds (no training)")
+            label="calibrated (no training)" if cal.get("merge_block") is None else
+            f"calibrated: merge stage before block {cal['merge_block']} + thresholds (no training)")
     for key, style, label in (("fixed", "s--", "fixed-rate top-k, min-KL split"),
                               ("fixed_uniform", "^:", "fixed-rate top-k, one rate (EViT)"),
                               ("merging", "v-.", "ToMe-style merging, min-KL counts per block"),

@@ -55,16 +55,23 @@ def _with_topk_outputs(path: Path, folder: Path) -> tuple[Path, list[str]]:
     return out, names
 
 
-def stage_topks(names: Sequence[str], stages: int) -> list[str]:
+def stage_topks(names: Sequence[str], compactions: Sequence[int]) -> list[str]:
     """The kept-token compaction TopK of each stage, from the TopKs of an export in its node order (the exporter's is
-    program order): one TopK per stage, or two where dropped tokens become context (the stage's kept compaction comes
-    first, as in `GatedViT.select_stage`, then the context's).
-    Anything else: [] (kept sets are then not compared)."""
-    if stages and len(names) == stages:
-        return list(names)
-    if stages and len(names) == 2 * stages:
-        return list(names[0::2])
-    return []
+    program order). `compactions` (`stage_compactions`): each stage's TopKs, one, or two where a pruning stage's
+    dropped tokens become context (its kept compaction comes first, as in `GatedViT.select_stage`, then the
+    context's). Any other count: [] (kept sets are then not compared)."""
+    if not compactions or len(names) != sum(compactions):
+        return []
+    firsts = [sum(compactions[:s]) for s in range(len(compactions))]
+    return [names[i] for i in firsts]
+
+
+def stage_compactions(info) -> list[int]:
+    """Compaction TopKs per stage of an exported model (its ExportInfo): two at a pruning stage in context mode,
+    else one (the merge stage keeps no context)."""
+    gates = info.run_config().gates
+    merge = gates.merge_block is not None
+    return [1 if (merge and s == 0) or gates.dropped_tokens != "context" else 2 for s in range(len(info.stages))]
 
 
 def _run(session, images: np.ndarray, batch_size: int, extra: Sequence[str]) -> tuple[np.ndarray, Optional[np.ndarray],
@@ -85,11 +92,11 @@ def _run(session, images: np.ndarray, batch_size: int, extra: Sequence[str]) -> 
 
 
 def compare(fp32: str | Path, int8: str | Path, images: np.ndarray, labels: Optional[np.ndarray] = None,
-            num_prefix: int = 1, stages: int = 0, num_patches: int = 0, batch_sizes: Sequence[int] = (1, 7, 64),
-            batch_size: int = 64) -> Agreement:
+            num_prefix: int = 1, compactions: Sequence[int] = (), num_patches: int = 0,
+            batch_sizes: Sequence[int] = (1, 7, 64), batch_size: int = 64) -> Agreement:
     """Run both models on `images` (float32 model inputs) and measure agreement; invariance on the int8 model.
-    `stages`: the number of pruning stages (kept sets are compared when each has its TopK); `num_patches`: the
-    patch grid's size, which per-token agreement is a share of (see `patch_count`)."""
+    `compactions`: each stage's compaction TopKs (`stage_compactions`; kept sets are compared when every stage has
+    them); `num_patches`: the patch grid's size, which per-token agreement is a share of (see `patch_count`)."""
     with tempfile.TemporaryDirectory(prefix="tokengate-qcheck-") as tmp:
         paths = []
         for sub, path in (("fp32", Path(fp32)), ("int8", Path(int8))):
@@ -97,7 +104,7 @@ def compare(fp32: str | Path, int8: str | Path, images: np.ndarray, labels: Opti
             paths.append(_with_topk_outputs(path, Path(tmp) / sub))
         (p32, names32), (p8, names8) = paths
         # Chosen by their order in the fp32 export (program order); the quantizer keeps names, not node order.
-        extra = stage_topks(names32, stages) if set(names32) == set(names8) else []
+        extra = stage_topks(names32, compactions) if set(names32) == set(names8) else []
         s32, s8 = cpu_session(p32), cpu_session(p8)
         l32, k32, sets32 = _run(s32, images, batch_size, extra)
         l8, k8, sets8 = _run(s8, images, batch_size, extra)

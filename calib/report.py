@@ -15,7 +15,8 @@ def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
     table = Table(title=f"calibrated thresholds vs fixed-rate top-k vs ToMe-style merging (validation split; "
                         f"calibration set {cal['calib_set']['id']}, {cal['calib_set']['images']} images; "
                         f"dense top-1 {dense:.2f}%; "
-                        f"dropped tokens: {cal.get('dropped_tokens', 'discard')})")
+                        f"dropped tokens: {cal.get('dropped_tokens', 'discard')}; "
+                        f"{_merge(cal.get('merge_block'))})")
     for column in ("budget", "GFLOPs ratio", "top-1 calibrated", "top-1 fixed (min-KL split)", "fixed counts",
                    "top-1 fixed (uniform)", "top-1 merging (min-KL)", "merges per block", "top-1 merging (one r)",
                    "KL cal / fixed / merging", "thresholds"):
@@ -41,9 +42,17 @@ def print_calibration(summary: dict, trained: Optional[dict] = None) -> None:
         console.print(f"speed of the calibrated model ({speed['flavor']} flavor vs dense, {speed['device']}, "
                       f"{speed['rounds']} rounds over {speed['images']} images): {ratios}; `{speed['command']}` "
                       "times it longer")
+        baseline = speed.get("baseline")
+        if baseline:
+            theirs = ", ".join(f"{s:.2f}x at batch {b}" for b, s in baseline["speedup_vs_dense"].items())
+            console.print(f"the merging baseline's file ({baseline['file']}), in the same run: {theirs}")
     if trained:
         console.print(f"trained student of the source run: {trained['student']['top1']:.2f}% at "
                       f"{trained['student_vs_teacher']['gflops_ratio']:.3f} of dense GFLOPs")
+
+
+def _merge(block: Optional[int]) -> str:
+    return "no merge stage" if block is None else f"calibrated = merge stage before block {block} + token thresholds"
 
 
 def _fixed(row: Optional[dict]) -> str:

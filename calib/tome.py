@@ -12,7 +12,7 @@ The forward loops over the dense model's timm blocks and calls their own layers;
 log-size bias as its `attn_mask`, and the keys are read off the block's qkv projection by a forward hook, so no timm
 forward is copied and nothing is computed twice. The MACs are `pipeline.flops.layer_macs` at each block's token
 counts (attention over the tokens that enter, MLP over those left after the merge) plus the matching itself.
-It runs in PyTorch only: no export flavor merges tokens.
+`calib.tome_export` writes it as an ONNX file, timed beside the calibrated model's (`tokengate calibrate`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pipeline.data import Dataset, Split
 from pipeline.errors import fail
 from pipeline.evaluate import EvalResult, count_params
 from pipeline.flops import Geometry, embed_and_head_macs, gmacs, layer_macs
-from pipeline.models import GatedViT
+from pipeline.models import GatedViT, token_ops
 from pipeline.progress import progress
 
 _EPS = 1e-6
@@ -39,27 +39,28 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
         r: merges, at most `max_merges(N - num_prefix)`.
     Returns:
         [B, N - r, C] rows (prefix, the unmerged A tokens in their order, then the B tokens) and their sizes.
+
+    Written with masks and ranks rather than a sort, so that its ONNX export (`calib.tome_export`) breaks ties
+    between equal similarities exactly as here (the lower index first): identical background patches are common.
     """
     if r <= 0:
         return x, size
-    patches, sizes = x[:, num_prefix:], size[:, num_prefix:]
-    if r > max_merges(patches.shape[1]):
-        raise ValueError(f"{r} merges of {patches.shape[1]} patch tokens")
+    patches = x.shape[1] - num_prefix
+    if r > max_merges(patches):
+        raise ValueError(f"{r} merges of {patches} patch tokens")
     unit = metric[:, num_prefix:]
     unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(_EPS)
     similarity = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
     best, partner = similarity.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True, stable=True)
-    merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values
-    xa, xb, sa, sb = patches[:, 0::2], patches[:, 1::2], sizes[:, 0::2], sizes[:, 1::2]
-    channels = x.shape[-1]
-    src_size = sa.gather(1, merged)
-    src = xa.gather(1, merged[..., None].expand(-1, -1, channels)) * src_size[..., None]
-    dst = partner.gather(1, merged)
-    mass = (xb * sb[..., None]).scatter_add(1, dst[..., None].expand(-1, -1, channels), src)
-    total = sb.scatter_add(1, dst, src_size)
-    rows = [x[:, :num_prefix], xa.gather(1, kept[..., None].expand(-1, -1, channels)), mass / total[..., None]]
-    return torch.cat(rows, dim=1), torch.cat([size[:, :num_prefix], sa.gather(1, kept), total], dim=1)
+    merged = token_ops.top_rank_mask(best, r)  # the r most similar A tokens
+    xa, xb = x[:, num_prefix:][:, 0::2], x[:, num_prefix:][:, 1::2]
+    sa, sb = size[:, num_prefix:][:, 0::2], size[:, num_prefix:][:, 1::2]
+    xb, sb = token_ops.merge_sets(xa, xb, sa, sb, merged, partner)
+    left = merged.logical_not()  # the other A rows, in their order: a static count, |A| - r
+    kept_a, _ = token_ops.compact_kept(torch.cat([xa, sa[..., None]], dim=-1), left, left.sum(dim=1), 0,
+                                       xa.shape[1] - r)
+    return (torch.cat([x[:, :num_prefix], kept_a[..., :-1], xb], dim=1),
+            torch.cat([size[:, :num_prefix], kept_a[..., -1], sb], dim=1))
 
 
 def max_merges(patches: int) -> int:
@@ -77,14 +78,19 @@ def _keys(attn, qkv: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def tome_forward(model: GatedViT, images: torch.Tensor, merges: Sequence[int]) -> torch.Tensor:
     """Logits of the dense `model` with merges[l] patch tokens merged in block l."""
+    return merging_logits(model, images, merges)
+
+
+def merging_logits(model: GatedViT, images: torch.Tensor, merges: Sequence[int]) -> torch.Tensor:
+    """`tome_forward` without its no_grad wrapper, which torch.export would keep as a region of its own."""
     check_merges(model, merges)
     x = model.embed(images)
     size = x.new_ones(x.shape[:2])
-    for block, r in zip(model.vit.blocks, merges):
+    for layer, (block, r) in enumerate(zip(model.vit.blocks, merges)):
         captured = []
         hook = block.attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            bias = None if bool((size == 1).all()) else size.log()[:, None, None, :]
+        try:  # every size is 1 until a block has merged (known from the counts, so the export has no branch)
+            bias = size.log()[:, None, None, :] if any(merges[:layer]) else None
             out = block.attn(block.norm1(x), attn_mask=bias)
         finally:
             hook.remove()

@@ -155,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError:
             raise fail(f"--counts {args.counts} must be comma-separated integers", "e.g. --counts 49,15,13") from None
         source = resolve_source(args.run, overrides=args.set)
-        cfg = calibrated_config(source, 1.0, "discard")  # token stages only; the ablation drops tokens itself
+        cfg = calibrated_config(source, 1.0, "discard", merge_block=None)  # token stages only: the ablation drops
+        # tokens itself
         model = build_student(cfg, weights_from=source.teacher, static_gates=False).eval()
         dataset = load_dataset(cfg.data, cfg.model)
         rows = ablation_table(model, dataset, dataset.val, counts)

@@ -47,6 +47,9 @@ class BenchOptions:
     top1_limit: int = 0  # 0 = the whole validation split
     overrides: tuple[str, ...] = ()  # KEY=VALUE over a config target (its run directory is written with them)
     selection_share: bool = False  # also time TokenSelect's share of run time (ONNX Runtime CPU; slow)
+    # baseline files of the run to time beside the flavors (e.g. "baseline.tome.onnx", `calib.tome_export`): checked
+    # against PyTorch when they were written, their MACs read from their metadata
+    baselines: tuple[str, ...] = ()
     profile_runs: int = 8  # batches per flavor and batch size that the selection share averages over
     show: bool = True
 
@@ -80,6 +83,10 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     kept, parity = check_and_count(files, runners, pool, cfg, max(opts.batch_sizes), strict=runtime != "tensorrt",
                                    show=opts.show)
     macs = {name: (teacher if name == "dense" else student).macs(kept[name]).numpy() for name in runners}
+    for name, (path, baseline_macs) in baseline_files(run_dir, runtime, opts.baselines).items():
+        files[name], runners[name] = path, open_runner(path, runtime, opts)
+        macs[name] = np.full(len(pool), float(baseline_macs))
+        kept[name] = kept["dense"][:, :0]  # it reports no kept tokens
     gflops = {(name, b): gmacs(mean_over_timed(macs[name], b)) for name in runners for b in opts.batch_sizes}
     load_before = os.getloadavg()
     log(f"timing {', '.join(runners)} at batch {', '.join(map(str, opts.batch_sizes))}: {opts.rounds} rounds "
@@ -108,6 +115,25 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     if opts.selection_share:
         report.update(selection_share(runners, pool, opts, runtime))
     return report
+
+
+def baseline_files(run_dir: Path, runtime: str, names: Sequence[str]) -> dict[str, tuple[Path, float]]:
+    """{row name: (file, MACs per image)} of the baseline files asked for; each must be in the run and ours."""
+    from pipeline.export.metadata import read_info
+
+    out = {}
+    for name in names:
+        path = run_dir / name
+        if not runtime.startswith("ort"):
+            raise fail(f"baseline {name} is an ONNX file, timed on ONNX Runtime only", "use --runtime ort-cpu")
+        if not path.is_file():
+            raise fail(f"{path} does not exist", "write it first: tokengate calibrate exports baseline.tome.onnx")
+        info = read_info(path)
+        if not info.baseline:
+            raise fail(f"{path} is not a baseline file (its metadata has no baseline record)",
+                       "pass a file that tokengate calibrate wrote, e.g. baseline.tome.onnx")
+        out[name.removesuffix(".onnx")] = (path, float(info.baseline["macs"]))
+    return out
 
 
 def choose_flavors(runtime: str, asked: Optional[Sequence[str]]) -> tuple[str, ...]:
@@ -274,7 +300,7 @@ def selection_share(runners: dict[str, Runner], pool: np.ndarray, opts: BenchOpt
 
     shares, details, method = {}, {}, "n/a"
     for name, runner in runners.items():
-        if name == "dense":
+        if name == "dense" or getattr(runner, "info", None) is not None and runner.info.baseline:
             continue
         for batch in opts.batch_sizes:
             prefix = str(Path(runner.path).with_name(f".profile.{name}.{batch}"))

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flavors", default=None,
                    help="comma list of the flavors to time against dense (default: every one the runtime runs and "
                         "the run can express; ort-cpu: packed,native,plugin,capped)")
+    p.add_argument("--baselines", default=None,
+                   help="comma list of baseline files of a run to time beside its flavors, e.g. baseline.tome.onnx "
+                        "(written by tokengate calibrate)")
     p.add_argument("--images", type=int, default=None,
                    help="images to calibrate on and time, all of them in every round (default: bench.num_images of a "
                         "config, 256 for a run)")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavors=flavors,
                         run_root=Path(args.run_root), threads=args.threads, warmup_s=args.warmup, images=args.images,
                         top1_limit=args.top1_limit, selection_share=args.selection_share,
-                        overrides=tuple(args.overrides), show=not args.quiet)
+                        overrides=tuple(args.overrides), show=not args.quiet,
+                        baselines=tuple(b.strip() for b in (args.baselines or "").split(",") if b.strip()))
     reports = [run_bench(target, opts) for target in args.targets]
     json_path = Path(args.json_path)
     md_path = Path(args.md_path) if args.md_path else json_path.with_suffix(".md")

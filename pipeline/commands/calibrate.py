@@ -1,5 +1,5 @@
 """tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]
-[--dropped-tokens context|discard] [--no-baseline | --no-merging]"""
+[--dropped-tokens context|discard] [--merge-block N | --no-merge] [--no-baseline | --no-merging]"""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="what a pruned token becomes: context (default) stays a frozen key and value of the later "
                         "attentions, which a model trained on every token still reads; discard leaves the network "
                         "(--set gates.dropped_tokens=... works too)")
+    p.add_argument("--merge-block", type=int, default=0,
+                   help="a merge stage before this block (0: before the first): tokens much like a neighbour are "
+                        "averaged into it, its threshold fitted with the others (0)")
+    p.add_argument("--no-merge", action="store_true", help="no merge stage: the token stages alone")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the baselines (fixed-rate top-k and ToMe-style token merging)")
     p.add_argument("--no-merging", action="store_true", help="skip the ToMe-style token merging baseline only")
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{source.name}-calib{round(args.budget * 100)}"
     summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline,
                         merging=not (args.no_baseline or args.no_merging), steps=args.grid,
-                        batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg))
+                        batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg),
+                        merge_block=None if args.no_merge else args.merge_block)
     if not args.no_speed:
         summary = update_summary(out, "speed", calibrated_speed(out))
     print_calibration(summary, source.trained)
@@ -75,18 +80,31 @@ SPEED_BATCHES = (1, 16)
 
 
 def calibrated_speed(run_dir) -> dict:
-    """The calibrated run's shipped ONNX Runtime CPU file (packed) against its dense one, with `tokengate bench`'s
-    code (both exported into the run first): speedup per batch size, and the command for a longer run."""
+    """The calibrated run's shipped ONNX Runtime CPU file (packed) against its dense one, and the merging baseline's
+    file where calibration wrote one, interleaved with `tokengate bench`'s code: speedup per batch size, and the
+    command for a longer run."""
+    from pathlib import Path
+
     from pipeline.bench.run import BenchOptions, run_bench
 
-    opts = BenchOptions(runtime="ort-cpu", batch_sizes=SPEED_BATCHES, rounds=3, flavors=("packed",), images=64,
-                        warmup_s=0.5, top1=False, show=False)
+    from calib.tome_export import BASELINE_FILE
+
+    baselines = (BASELINE_FILE,) if (Path(run_dir) / BASELINE_FILE).is_file() else ()
+    opts = BenchOptions(runtime="ort-cpu", batch_sizes=SPEED_BATCHES, rounds=5, flavors=("packed",), images=64,
+                        warmup_s=0.5, top1=False, show=False, baselines=baselines)
     report = run_bench(run_dir, opts)
-    return {"runtime": report["runtime"], "device": report["device"], "flavor": "packed",
-            "speedup_vs_dense": {str(b): report["speedup_vs_dense"][f"packed@{b}"] for b in SPEED_BATCHES},
-            "speedup_efficiency": {str(b): report["speedup_efficiency"][f"packed@{b}"] for b in SPEED_BATCHES},
-            "files": report["files"], "rounds": opts.rounds, "images": opts.images,
-            "command": f"tokengate bench {run_dir} --flavors packed --batch-sizes 1,16 --rounds 8"}
+
+    def speeds(name: str) -> dict:
+        return {key: {str(b): report[key][f"{name}@{b}"] for b in SPEED_BATCHES}
+                for key in ("speedup_vs_dense", "speedup_efficiency")}
+
+    out = {"runtime": report["runtime"], "device": report["device"], "flavor": "packed", **speeds("packed"),
+           "files": report["files"], "rounds": opts.rounds, "images": opts.images,
+           "command": f"tokengate bench {run_dir} --flavors packed --batch-sizes 1,16 --rounds 8"
+                      + (f" --baselines {BASELINE_FILE}" if baselines else "")}
+    if baselines:
+        out["baseline"] = {"file": BASELINE_FILE, **speeds(BASELINE_FILE.removesuffix(".onnx"))}
+    return out
 
 
 def _dropped_tokens(args: argparse.Namespace, cfg) -> str:

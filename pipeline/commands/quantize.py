@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.export.metadata import read_info
 
     from calib.check_data import calibration_inputs, validation_inputs
-    from calib.qdq_check import compare, patch_count
+    from calib.qdq_check import compare, patch_count, stage_compactions
     from calib.quantize import PRECISIONS, import_quantizer, quantize_onnx
     from calib.sets import load_set
     from pipeline.errors import fail
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     images, labels = validation_inputs(info, args.check_images)
-    check = compare(args.onnx, result.path, images, labels, info.num_prefix, len(info.stages),
+    check = compare(args.onnx, result.path, images, labels, info.num_prefix, stage_compactions(info),
                     patch_count(info))
     record = {"path": str(result.path), "calib_set": cal.manifest.id, **check.to_dict()}
     run_dir = Path(info.run_dir)

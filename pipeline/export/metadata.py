@@ -35,6 +35,9 @@ class ExportInfo:
     # "scores" and "select": names of the nodes that score and select tokens (pipeline.export.selection), read by
     # quantization (kept in fp32) and the bench's selection share; empty for dense
     selection: dict[str, list[str]] = field(default_factory=dict)
+    # A baseline written beside the run's flavors to be timed against them (`calib.tome_export`): its method, its
+    # settings and its MACs per image (it has no kept-token output to count them from); None for our flavors
+    baseline: Optional[dict] = None
 
     def run_config(self) -> Config:
         return config_from_dict(self.config)

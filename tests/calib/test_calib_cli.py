@@ -34,7 +34,11 @@ def test_calibrated_run_looks_like_a_trained_one(calibrated_run, tiny_run, calib
     assert cfg.gates.dropped_tokens == "context" and cal["dropped_tokens"] == "context"  # the command's default
     student, teacher = load_student(out), load_teacher(out)
     assert student.dropped_tokens == "context"
-    assert [round(float(t), 6) for t in student.thresholds.detach()] == [round(t, 6) for t in cal["thresholds"]]
+    searched = dict(zip(cal["searched_stages"], cal["thresholds"]))
+    assert cal["stages"] == [b for b in cal["searched_stages"] if b not in cal["idle_stages_removed"]]
+    assert all(searched[b] < 0 for b in cal["idle_stages_removed"]), "only stages that keep every token go"
+    assert student.stages == tuple(cal["stages"]) and student.merge_block == cal["merge_block"] == 0
+    assert [round(float(t), 6) for t in student.thresholds.detach()] == [round(searched[b], 6) for b in cal["stages"]]
     assert torch.equal(teacher.vit.head.weight, load_teacher(source).vit.head.weight), "teacher copied unchanged"
     data = load_dataset(cfg.data, cfg.model)
     images = model_inputs(calib_set, 1, 28, data.mean, data.std)
@@ -55,9 +59,12 @@ def test_calibrated_run_reports_the_speed_of_its_shipped_file(calibrated_run):
     speed = read_json(out / "summary.json")["speed"]
     assert speed["flavor"] == "packed" and set(speed["speedup_vs_dense"]) == {"1", "16"}
     assert all(s > 0 for s in speed["speedup_vs_dense"].values())
-    assert set(speed["files"]) == {"dense", "packed"}
+    # the merging baseline's file, timed in the same interleaved run
+    assert set(speed["files"]) == {"dense", "packed", "baseline.tome"}
+    assert speed["baseline"]["file"] == "baseline.tome.onnx" and all(s > 0 for s in
+                                                                     speed["baseline"]["speedup_vs_dense"].values())
     for name, entry in speed["files"].items():
-        assert Path(entry["path"]) == out / f"model.{name}.onnx"
+        assert Path(entry["path"]) == out / (f"{name}.onnx" if name.startswith("baseline") else f"model.{name}.onnx")
         assert hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
 
 

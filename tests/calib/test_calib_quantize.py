@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow  # exports a run (shared with test_calib_cli.py)
 
 from calib.check_data import calibration_inputs, validation_inputs
-from calib.qdq_check import compare, patch_count
+from calib.qdq_check import compare, patch_count, stage_compactions
 from calib.quantize import quantize_onnx, read_quantization
 from calib.qdq_graph import recorded_selection, rounded_inputs
 from pipeline.cli import main
@@ -47,9 +47,10 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
     assert result.path.name == f"model.{flavor}.int8.onnx"
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
-    depth, first_stage = 4, read_info(exported[flavor]).stages[0]
+    depth, first_stage = 4, _token_stages(read_info(exported[flavor]))[0]
     # qkv, proj, fc1, fc2 per block, patch embedding and head; and, since a calibrated run keeps dropped tokens as
-    # context, the context rows' K/V projection in every block from the first stage on
+    # context, the context rows' K/V projection in every block from the first pruning stage on (the merge stage
+    # keeps no context)
     assert len(result.quantized) == 4 * depth + 2 + (depth - first_stage)
     excluded = recorded_selection(read_info(exported[flavor]), exported[flavor])[0]
     assert set(excluded) == set(selection_nodes(source)), "quantization reads the selection the export recorded"
@@ -71,8 +72,8 @@ def test_qdq_graph_keeps_the_selection_path_fp32(exported, quantized, flavor):
 def test_int8_stays_close_to_fp32(exported, quantized, flavor):
     info = read_info(exported[flavor])
     images, labels = validation_inputs(info)
-    check = compare(exported[flavor], quantized[flavor].path, images, labels, info.num_prefix, len(info.stages),
-                    patch_count(info))
+    check = compare(exported[flavor], quantized[flavor].path, images, labels, info.num_prefix,
+                    stage_compactions(info), patch_count(info))
     assert check.top1_fp32 > 50.0, "the trained tiny model predicts (chance is 10%)"
     assert abs(check.top1_fp32 - check.top1_int8) <= TOP1_TOL, check
     assert check.prediction_agreement >= PREDICTION_MIN, check
@@ -85,8 +86,8 @@ def test_int8_stays_close_to_fp32(exported, quantized, flavor):
 def test_agreement_of_a_model_with_itself_is_total(exported):
     info = read_info(exported["capped"])
     images, labels = validation_inputs(info, 40)
-    check = compare(exported["capped"], exported["capped"], images, labels, info.num_prefix, len(info.stages),
-                    patch_count(info))
+    check = compare(exported["capped"], exported["capped"], images, labels, info.num_prefix,
+                    stage_compactions(info), patch_count(info))
     assert check.top1_fp32 == check.top1_int8 and check.prediction_agreement == 1.0
     assert check.kept_count_agreement == 1.0 and check.kept_set_agreement == 1.0 and check.token_agreement == 1.0
     assert check.max_abs_vs_batch1 <= INVARIANCE_TOL and check.flips_vs_batch1 == 0
@@ -98,13 +99,18 @@ def test_quantize_command_and_its_bad_inputs(exported, calib_set, tmp_path, caps
                  "--out", str(out), "--check-images", "50"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "kept counts" in printed and "flips" in printed
-    # 18 weight GEMMs, plus the context rows' K/V projections of blocks 2 and 3 (the calibrated run keeps context)
-    assert read_quantization(out)["quantized_nodes"] == 20 and not read_quantization(out)["score_layers_fp32"]
+    stages = _token_stages(read_info(exported["native"]))
+    # 18 weight GEMMs, plus the context rows' K/V projections of every block from the first pruning stage on
+    weights = 18 + (4 - stages[0])
+    assert read_quantization(out)["quantized_nodes"] == weights and not read_quantization(out)["score_layers_fp32"]
     assert main(["quantize", str(exported["native"]), "--calib-set", str(calib_set.folder), "--out", str(out),
                  "--score-layers-fp32", "--no-check"]) == 0
     record = read_quantization(out)
-    assert record["quantized_nodes"] == 20 - 3, \
-        "the qkv GEMMs of the two score layers (blocks 1 and 2) and block 2's context K/V GEMM stay fp32"
+    # a score layer's qkv GEMM, and its context K/V GEMM where it has one (it comes after the first pruning stage);
+    # the merge stage scores the embedded patches, so the patch embedding too
+    merge = read_info(exported["native"]).run_config().gates.merge_block is not None
+    fp32 = int(merge) + sum(1 + (s - 1 >= stages[0]) for s in stages)
+    assert record["quantized_nodes"] == weights - fp32, "the score layers' GEMMs stay fp32"
 
     def refused(*args):
         assert main(["quantize", *map(str, args)]) == 2
@@ -147,11 +153,17 @@ def test_kept_set_readout_takes_each_stages_kept_compaction(exported):
     topks = {n.output[1]: n for n in model.graph.node if n.op_type == "TopK"}
     info = read_info(exported["native"])
     names = [name for name in topks if name in set(_topk_names(model))]
-    chosen = stage_topks(names, len(info.stages))
-    assert len(names) == 2 * len(info.stages) and len(chosen) == len(info.stages)
+    compactions = stage_compactions(info)
+    chosen = stage_topks(names, compactions)
+    assert len(names) == sum(compactions) and len(chosen) == len(info.stages)
     assert all(topks[name].input[1] not in constants for name in chosen), "kept compactions: k follows the batch"
     assert all(topks[name].input[1] in constants for name in set(names) - set(chosen)), "context: static k"
-    assert stage_topks(names[:-1], len(info.stages)) == []
+    assert stage_topks(names[:-1], compactions) == []
+
+
+def _token_stages(info) -> list[int]:
+    """The pruning stages of an exported model (a calibrated run's first stage merges)."""
+    return info.stages[1:] if info.run_config().gates.merge_block is not None else info.stages
 
 
 def _topk_names(model):

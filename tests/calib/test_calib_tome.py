@@ -170,3 +170,38 @@ def test_calibrate_reports_the_merging_baseline(calibrated_run, capsys):
         merging = row["merging"]
         assert f"{merging['top1']:.2f} @ {merging['gflops_ratio']:.3f}" in printed
         assert ",".join(map(str, merging["merges"])) in printed
+
+
+def test_merging_baseline_exports_with_its_cost_and_runs_in_onnxruntime(setup, small_run, tmp_path):
+    """The ONNX file of the baseline: PyTorch's logits (validate.tol_vs_torch) at any batch size, ties broken the
+    same way (identical rows merge alike), its merges and MACs in the metadata, the same graph passes as a flavor."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from calib.tome_export import export_tome
+    from pipeline.export.metadata import read_info
+
+    teacher, _, images, _ = setup
+    cfg, run = small_run
+    merges = [4, 2, 1, 0]
+    tied = images[:8].clone()
+    tied[:, :, :14] = tied[:1, :, :14]  # patches with equal content: similarities tie exactly
+    path = export_tome(teacher, merges, cfg, run, tmp_path / "tome.onnx")
+    info = read_info(path)
+    assert info.flavor == "tome" and info.model == "teacher" and info.baseline["merges"] == merges
+    assert info.baseline["macs"] == tome_macs(teacher.geometry(), merges)
+    assert set(info.passes) == {"fold_weights", "bias_gemm"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (images[:1], images[:7], tied):
+        got = session.run(None, {"images": batch.numpy()})[0]
+        assert np.abs(got - tome_forward(teacher, batch, merges).numpy()).max() <= cfg.validate.tol_vs_torch
+
+
+def test_bench_times_a_baseline_file_and_refuses_other_files(small_run, tmp_path):
+    from pipeline.bench.run import baseline_files
+
+    _, run = small_run
+    with pytest.raises(TokenGateError, match="does not exist"):
+        baseline_files(run, "ort-cpu", ["baseline.tome.onnx"])
+    with pytest.raises(TokenGateError, match="ONNX Runtime only"):
+        baseline_files(run, "torch", ["baseline.tome.onnx"])
