@@ -205,12 +205,12 @@ def drop_idle_stages(cfg, student: GatedViT, teacher: GatedViT) -> tuple:
     selection and context nodes. Returns (config, student, the blocks of the stages removed); at least one stage
     stays."""
     idle = [block for s, block in enumerate(student.stages)
-            if not student.is_merge_stage(s) and float(student.thresholds[s]) < 0]
+            if not student.is_merge_stage(s) and float(student.thresholds[s].detach()) < 0]
     if not idle or len(idle) == len(student.stages):
         return cfg, student, []
     cfg = replace(cfg, gates=replace(cfg.gates, token_stages=tuple(b for b in student.token_stages if b not in idle)))
     kept = build_student(cfg, weights_from=teacher, static_gates=False).eval()
-    set_thresholds(kept, [float(t) for block, t in zip(student.stages, student.thresholds) if block not in idle])
+    set_thresholds(kept, [float(t) for block, t in zip(student.stages, student.thresholds.detach()) if block not in idle])
     return cfg, kept, idle
 
 

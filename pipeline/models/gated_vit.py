@@ -134,6 +134,9 @@ class GatedViT(nn.Module):
             raise fail(f"gates.merge_block={merge_block} must be a block before the first token stage "
                        f"({stages[0] if stages else 'none'})", "use gates.merge_block=0 (merge before the first block)")
         num_patches = vit.patch_embed.num_patches
+        if merge_block is not None and num_patches < 2:
+            raise fail(f"a merge stage pairs patch tokens, and the model has {num_patches}",
+                       "set gates.merge_block=null")
         if not 1 <= min_keep <= num_patches:
             raise fail(f"gates.min_keep={min_keep} is outside [1, {num_patches}] patch tokens", "use gates.min_keep=1")
         if dropped_tokens not in DROPPED_TOKENS:

@@ -235,12 +235,19 @@ class PackedForward(nn.Module):
                                         varlen=self.varlen, context=context)
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
 
+    def _keep(self, scores: torch.Tensor, stage: int) -> torch.Tensor:
+        """The stage's kept patches. The merge stage needs no min_keep top-up: its B tokens score +inf."""
+        m = self.model
+        if m.is_merge_stage(stage):
+            return scores > m.thresholds[stage]
+        return keep_mask(scores, m.thresholds[stage], m.min_keep)
+
     def _merge(self, x: torch.Tensor, scores: torch.Tensor, partner: torch.Tensor,
                stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The merge stage on the plain layout: each merged token averaged into its partner (`_select` drops it
         next); returns the rows [B * N, C] and their sizes [B * N]."""
         m = self.model
-        merged = keep_mask(scores, m.thresholds[stage], m.min_keep)[:, 0::2].logical_not()
+        merged = self._keep(scores, stage)[:, 0::2].logical_not()
         x, sizes = token_ops.merge_into_partners(x, x.new_ones(x.shape[:2]), merged, partner, m.num_prefix)
         return x.reshape(-1, x.shape[-1]), sizes.reshape(-1)
 
@@ -252,7 +259,7 @@ class PackedForward(nn.Module):
         token count."""
         m = self.model
         batch = scores.shape[0]
-        keep = keep_mask(scores, m.thresholds[stage], m.min_keep)
+        keep = self._keep(scores, stage)
         prefix = keep.new_ones(batch, m.num_prefix)
         mask = torch.cat([prefix, keep], dim=1)  # positions of the per-sample view
         chosen = mask.reshape(-1).nonzero().squeeze(1)
