@@ -12,7 +12,7 @@ from pipeline.config import Config, config_from_dict
 from pipeline.errors import TokenGateError, fail
 
 PREFIX = "tokengate."
-FORMAT_VERSION = 2  # 2: the selection regions
+FORMAT_VERSION = 3  # 2: the selection regions; 3: the baseline record (and the merge stage's stages and sizes)
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,8 @@ def _uniform_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto
                         bias=f"{p}bias_grid" if io.kv_bias else "")
     return helper.make_graph(
         nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
-        [_const(f"{p}zero", [0]), _const(f"{p}one", [1]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]),
-         _const(f"{p}ones", [1, 1]), _const(f"{p}scale", scale, np.float32)])
+        [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]), _const(f"{p}ones", [1, 1]),
+         _const(f"{p}scale", scale, np.float32)] + ([_const(f"{p}one", [1])] if io.kv_bias else []))
 
 
 def _loop_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto:
