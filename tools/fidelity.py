@@ -67,7 +67,8 @@ def measure(cfg_path: str, budgets: Sequence[float], count: int, grid: int, seed
             best = search.search(budget, grid, progress=False).best
             with torch.no_grad():
                 search.model.thresholds.copy_(torch.tensor(best.thresholds))
-            logits, lengths = (torch.cat(t) for t in zip(*(search.model.forward_dropped(c) for c in held.split(16))))
+                logits, lengths = (torch.cat(t) for t in zip(*(search.model.forward_dropped(c)
+                                                                for c in held.split(16))))
             cost = float(search.model.macs(lengths.double()).mean()) / reference
             row[name] = {"gflops_ratio": cost, **fidelity(logits, dense_held)}
         split = fixed.search(row["thresholds"]["gflops_ratio"], progress=False).best
