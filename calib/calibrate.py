@@ -83,25 +83,31 @@ def check_set_matches(cal: CalibSet, dataset: Dataset) -> None:
 
 
 def calibrated_config(source: Source, budget: float, dropped_tokens: str = "context",
-                      merge_block: Optional[int] = 0):
+                      merge_block: Optional[int] = 0, pruning: bool = True):
     """The run's config: the source's, with the weights now in the run dir, no gates left to train, what becomes
-    of pruned tokens (`gates.dropped_tokens`) and the block before which similar tokens merge (`gates.merge_block`)."""
+    of pruned tokens (`gates.dropped_tokens`), the block before which similar tokens merge (`gates.merge_block`),
+    and no pruning stages at all with `pruning=False` (the merge stage alone: the shortest graph)."""
     cfg = source.cfg
+    stages = cfg.gates.token_stages if pruning else ()
     return replace(cfg, model=replace(cfg.model, checkpoint=None, pretrained=False),
                    gates=replace(cfg.gates, static=False, dynamic="none", dropped_tokens=dropped_tokens,
-                                 merge_block=merge_block),
+                                 merge_block=merge_block, token_stages=stages),
                    budget=replace(cfg.budget, target=budget))
 
 
 def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Sequence[float] = (),
               baseline: bool = True, merging: bool = True, steps: int = 6, batch_size: int = 256, progress: bool = True,
-              dropped_tokens: str = "context", merge_block: Optional[int] = 0) -> dict:
-    """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content."""
+              dropped_tokens: str = "context", merge_block: Optional[int] = 0, pruning: bool = True) -> dict:
+    """Calibrate every budget of `sweep` plus `budget`, write the run for `budget`; returns summary.json's content.
+    `pruning=False` calibrates the merge stage alone (it needs `merge_block`)."""
     for b in (budget, *sweep):
         check_budget(b)
+    if not pruning and merge_block is None:
+        raise fail("a model with neither a merge stage nor pruning stages has nothing to calibrate",
+                   "drop --no-merge or --merge-only")
     notes = prepare_out(out, Path(source.origin["run"]) if "run" in source.origin else None)
     started = time.time()
-    cfg = calibrated_config(source, budget, dropped_tokens, merge_block)
+    cfg = calibrated_config(source, budget, dropped_tokens, merge_block, pruning)
     dataset = load_dataset(cfg.data, cfg.model)
     check_set_matches(cal, dataset)
     images = model_inputs(cal, cfg.model.in_chans, cfg.model.img_size, dataset.mean, dataset.std)
@@ -110,10 +116,10 @@ def calibrate(source: Source, budget: float, cal: CalibSet, out: Path, sweep: Se
         dense_logits = torch.cat([teacher.forward_dropped(chunk)[0] for chunk in images.split(batch_size)])
     reference = reference_macs(teacher)
     student = build_student(cfg, weights_from=teacher, static_gates=False).eval()
-    # The fixed-rate baselines prune at the token stages alone, as published (no merge stage).
-    plain = student if merge_block is None else \
-        build_student(replace(cfg, gates=replace(cfg.gates, merge_block=None)), weights_from=teacher,
-                      static_gates=False).eval()
+    # The fixed-rate baselines prune at the source's token stages alone, as published (no merge stage).
+    plain = student if merge_block is None else build_student(
+        replace(cfg, gates=replace(cfg.gates, merge_block=None, token_stages=source.cfg.gates.token_stages)),
+        weights_from=teacher, static_gates=False).eval()
     floor = floor_ratio(student, reference)
     for b in (budget, *sweep):  # before anything slow runs
         check_reachable(b, floor, student)

@@ -1,5 +1,5 @@
 """tokengate calibrate MODEL_OR_RUN --budget 0.6 [--calib-set DIR] [--out runs/NAME] [--sweep 0.5,0.7 --plot PNG]
-[--dropped-tokens context|discard] [--merge-block N | --no-merge] [--no-baseline | --no-merging]"""
+[--dropped-tokens context|discard] [--merge-block N | --no-merge | --merge-only] [--no-baseline | --no-merging]"""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a merge stage before this block (0: before the first): tokens much like a neighbour are "
                         "averaged into it, its threshold fitted with the others (0)")
     p.add_argument("--no-merge", action="store_true", help="no merge stage: the token stages alone")
+    p.add_argument("--merge-only", action="store_true",
+                   help="the merge stage alone, no pruning stages: the shortest graph, for small models where ONNX "
+                        "Runtime's per-node cost outweighs what a pruning stage saves (docs/results.md); it merges "
+                        "at most half the patches, so it cannot reach low budgets")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the baselines (fixed-rate top-k and ToMe-style token merging)")
     p.add_argument("--no-merging", action="store_true", help="skip the ToMe-style token merging baseline only")
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from calib.source import resolve_source
 
     check_budget(args.budget)  # before anything is loaded
+    if args.no_merge and args.merge_only:
+        raise fail("--no-merge and --merge-only leave nothing to calibrate", "pass one of them")
     sweep = _budgets(args.sweep)
     if args.grid < 1 or args.batch_size < 1:
         raise fail("--grid and --batch-size must be positive", "use e.g. --grid 6 --batch-size 256")
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     summary = calibrate(source, args.budget, cal, out, sweep, baseline=not args.no_baseline,
                         merging=not (args.no_baseline or args.no_merging), steps=args.grid,
                         batch_size=args.batch_size, dropped_tokens=_dropped_tokens(args, source.cfg),
-                        merge_block=None if args.no_merge else args.merge_block)
+                        merge_block=None if args.no_merge else args.merge_block, pruning=not args.merge_only)
     if not args.no_speed:
         summary = update_summary(out, "speed", calibrated_speed(out))
     print_calibration(summary, source.trained)

@@ -129,3 +129,23 @@ def test_timm_name_with_checkpoint_and_config(tiny_run, calib_set, tmp_path, cap
                            "--no-speed", "--out", out)
     assert code == 0, err
     assert (out / STUDENT_FILE).is_file() and read_json(out / "summary.json")["calibration"]["source"]["arch"]
+
+
+def test_merge_only_writes_the_merge_stage_alone(tiny_run, calib_set, tmp_path, capsys):
+    """--merge-only: one stage, the merge stage, fitted to the budget; the fixed-rate baseline still prunes at the
+    source's token stages; with --no-merge it is refused before anything runs."""
+    _, run = tiny_run
+    out = tmp_path / "merge-only"
+    code, err = _calibrate(capsys, run, "--merge-only", "--budget", "0.85", "--calib-set", calib_set.folder,
+                           "--grid", "2", "--no-merging", "--no-speed", "--out", out)
+    assert code == 0, err
+    cal = read_json(out / "summary.json")["calibration"]
+    assert cal["stages"] == [0] and cal["merge_block"] == 0 and cal["searched_stages"] == [0]
+    assert abs(cal["calib_gflops_ratio"] - 0.85) < BUDGET_TOL  # the merge threshold alone meets the budget
+    assert len(cal["fixed"]["counts"]) == 2  # the baseline prunes at the source's token stages, [2, 3]
+    student = load_student(out)
+    assert student.stages == (0,) and student.token_stages == ()
+    code, err = _calibrate(capsys, run, "--merge-only", "--no-merge", "--calib-set", calib_set.folder,
+                           "--out", tmp_path / "both")
+    assert code == 2 and len(err) == 1 and "leave nothing to calibrate" in err[0]
+    assert not (tmp_path / "both").exists()
