@@ -39,9 +39,15 @@ def check_reachable(budget: float, floor: float, model: GatedViT) -> None:
     """Refuse a budget at or below what pruning can never remove, naming what that cost is made of."""
     if budget <= floor:
         first = model.stages[0]
-        raise fail(f"budget {budget:g} is below {floor:.3f}, the cost that no threshold removes (patch embedding, "
-                   f"head, blocks 0-{first - 1} at every token, then {model.num_prefix} prefix + {model.min_keep} "
-                   f"min_keep tokens per stage)",
-                   f"use a budget above {floor:.3f}, or prune earlier (gates.token_stages)"
-                   + ("; dropped tokens kept as context still cost their keys and values (--dropped-tokens discard "
-                      "costs less)" if model.dropped_tokens == "context" else ""))
+        parts = ["patch embedding", "head"] + ([f"blocks 0-{first - 1} at every token"] if first > 0 else [])
+        if model.merge_block is not None:
+            parts.append("the merge stage merging at most half the patches")
+        if model.token_stages:
+            parts.append(f"{model.num_prefix} prefix + {model.min_keep} min_keep tokens per pruning stage")
+        fix = (f"use a budget above {floor:.3f}, or drop --merge-only (the pruning stages reach lower)"
+               if not model.token_stages else f"use a budget above {floor:.3f}, or prune earlier (gates.token_stages)")
+        if model.token_stages and model.dropped_tokens == "context":
+            fix += "; dropped tokens kept as context still cost their keys and values (--dropped-tokens discard " \
+                   "costs less)"
+        raise fail(f"budget {budget:g} is below {floor:.3f}, the cost that no threshold removes "
+                   f"({', '.join(parts)})", fix)

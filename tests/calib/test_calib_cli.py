@@ -145,6 +145,10 @@ def test_merge_only_writes_the_merge_stage_alone(tiny_run, calib_set, tmp_path, 
     assert len(cal["fixed"]["counts"]) == 2  # the baseline prunes at the source's token stages, [2, 3]
     student = load_student(out)
     assert student.stages == (0,) and student.token_stages == ()
+    code, err = _calibrate(capsys, run, "--merge-only", "--budget", "0.3", "--calib-set", calib_set.folder,
+                           "--out", tmp_path / "low")
+    assert code == 2 and len(err) == 1 and "merging at most half the patches" in err[0]
+    assert "drop --merge-only" in err[0] and not (tmp_path / "low").exists()
     code, err = _calibrate(capsys, run, "--merge-only", "--no-merge", "--calib-set", calib_set.folder,
                            "--out", tmp_path / "both")
     assert code == 2 and len(err) == 1 and "leave nothing to calibrate" in err[0]
