@@ -1,4 +1,5 @@
-"""`tokengate visualize`: which patches each token stage keeps, drawn over the images (dropped patches dimmed).
+"""`tokengate visualize`: which patches each token stage keeps, drawn over the images (dropped patches dimmed; a
+merge stage's merged patches too: each is averaged into a kept neighbour).
 
 The kept set per stage is recomputed with the model's own pieces in `forward_dropped`'s order, carrying each
 surviving token's original patch index through the same compaction (`token_ops.compact_kept`; the stage itself is the
@@ -68,9 +69,16 @@ def figure_pixels(rows: int, cols: int) -> tuple[int, int]:
     return int(round(cols * CELL_INCHES * DPI)), int(round(rows * CELL_INCHES * DPI))
 
 
-def draw_tokens(raw: torch.Tensor, masks: torch.Tensor, names: list[str], stages: tuple[int, ...],
+def stage_titles(model: GatedViT) -> list[str]:
+    """Each stage's column title, blocks counted from 1: a merge stage says so (its dimmed patches are merged into
+    a neighbour, not dropped)."""
+    return [f"{'merge' if model.is_merge_stage(s) else 'prune'} before block {block + 1}"
+            for s, block in enumerate(model.stages)]
+
+
+def draw_tokens(raw: torch.Tensor, masks: torch.Tensor, names: list[str], titles: list[str],
                 grid: tuple[int, int], path: str | Path, title: str) -> Path:
-    """One row per image, one column per stage (after the input), dropped patches dimmed."""
+    """One row per image, one column per stage (after the input, titled `titles`), dropped patches dimmed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,10 +97,10 @@ def draw_tokens(raw: torch.Tensor, masks: torch.Tensor, names: list[str], stages
             ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            label = names[r] if c == 0 else f"{int(masks[r, c - 1].sum())}/{total} kept"
+            label = names[r] if c == 0 else f"{int(masks[r, c - 1].sum())}/{total} left"
             ax.set_xlabel(label, fontsize=7, labelpad=2)
             if r == 0:
-                ax.set_title("input" if c == 0 else f"before block {stages[c - 1] + 1}", fontsize=8)
+                ax.set_title("input" if c == 0 else titles[c - 1], fontsize=8)
     fig.suptitle(textwrap.fill(title, width=int(width / 6.5)), fontsize=8)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=1 - 0.5 / rows, wspace=0.05, hspace=0.3)
     return save_png(fig, path, DPI)
@@ -121,6 +129,8 @@ def visualize(source: str | Path, out: str | Path, count: int = 6, run_root: str
     grid = model.vit.patch_embed.grid_size
     with torch.no_grad():
         ratios = keep_ratios_of(model.forward_dropped(images.inputs)[1], model.num_prefix, int(masks.shape[-1]))
-    title = (f"{target.name}: the student's kept patches per stage (dropped dimmed); mean keep ratios "
+    gone = "merged or dropped" if model.merge_block is not None else "dropped"
+    title = (f"{target.name}: the student's patches left after each stage ({gone} dimmed); mean keep ratios "
              f"{', '.join(f'{r:.2f}' for r in ratios)} on these {len(images)} images")
-    return draw_tokens(images.raw[:count], masks, images.names[:count], model.stages, tuple(grid), out, title)
+    return draw_tokens(images.raw[:count], masks, images.names[:count], stage_titles(model), tuple(grid), out,
+                       title)
