@@ -34,9 +34,10 @@ def kept_patches(model: GatedViT, images: torch.Tensor) -> torch.Tensor:
     for i, block in enumerate(model.vit.blocks):
         if i in model.stages:
             s = model.stages.index(i)
-            scores = model.stage_scores(s, x, scores)
+            scores, partner = model.stage_inputs(s, x, scores)
             keep = model.stage_keep_mask(s, scores, model.thresholds[s])
-            x, lengths, context, sizes = model.select_stage(s, x, valid, scores, context, model.thresholds[s], sizes)
+            x, lengths, context, sizes = model.select_stage(s, x, valid, scores, context, model.thresholds[s], sizes,
+                                                            partner)
             padded_origin = torch.cat([origin.new_zeros(batch, prefix, 1), origin], dim=1)
             width = x.shape[1] - prefix
             origin = token_ops.compact_kept(padded_origin, keep, keep.sum(dim=1), prefix, width)[0][:, prefix:]

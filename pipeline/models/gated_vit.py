@@ -275,9 +275,7 @@ class GatedViT(nn.Module):
         for i, block in enumerate(self.vit.blocks):
             if i in self.stages:
                 s = self.stages.index(i)
-                partner = None
-                if self.is_merge_stage(s):
-                    scores, partner = token_ops.bipartite_keep_scores(x, self.num_prefix)
+                scores, partner = self.stage_inputs(s, x, scores)
                 x, lengths, context, sizes = self.select_stage(s, x, valid, scores, context, self.thresholds[s], sizes,
                                                                partner)
                 valid = token_ops.key_valid_from_lengths(lengths, x.shape[1])
@@ -290,12 +288,14 @@ class GatedViT(nn.Module):
         lengths = torch.stack(kept, dim=1) if kept else torch.zeros(x.shape[0], 0, dtype=torch.int32, device=x.device)
         return self.head(x), lengths
 
-    def stage_scores(self, stage: int, x: torch.Tensor, class_scores: Optional[torch.Tensor]) -> torch.Tensor:
-        """The scores stage `stage` thresholds: the merge stage's from the tokens it sees (`bipartite_keep_scores`),
-        a pruning stage's from the class attention of the block before it (`class_scores`)."""
+    def stage_inputs(self, stage: int, x: torch.Tensor, class_scores: Optional[torch.Tensor]
+                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What stage `stage` selects by, for `select_stage`: (scores, partner). The merge stage's come from the
+        tokens it sees (`bipartite_keep_scores`: minus each A token's best similarity, and that B partner); a
+        pruning stage's scores are the class attention of the block before it (`class_scores`), with no partner."""
         if self.is_merge_stage(stage):
-            return token_ops.bipartite_keep_scores(x, self.num_prefix)[0]
-        return class_scores
+            return token_ops.bipartite_keep_scores(x, self.num_prefix)
+        return class_scores, None
 
     def select_stage(self, stage: int, x: torch.Tensor, valid: Optional[torch.Tensor], scores: torch.Tensor,
                      context: Optional[Context], threshold: torch.Tensor, sizes: Optional[torch.Tensor] = None,
@@ -304,11 +304,11 @@ class GatedViT(nn.Module):
         `dropped_tokens == "context"` the context grown by the valid tokens a pruning stage dropped, and after a
         merge stage the sizes [B, K] of the kept rows (`sizes` are those of x's rows, None before any merge).
 
-        A merge stage first averages each merged token into its partner (`partner`: from `bipartite_keep_scores`,
-        recomputed from x if not given), then drops it like a pruned token; its scores are `stage_scores`'."""
+        A merge stage first averages each merged token into its partner, then drops it like a pruned token; its
+        `scores` and `partner` are `stage_inputs`'."""
         if self.is_merge_stage(stage):
             if partner is None:
-                partner = token_ops.bipartite_keep_scores(x, self.num_prefix)[1]
+                raise ValueError("the merge stage needs the partners that stage_inputs returns with its scores")
             merged = self.stage_keep_mask(stage, scores, threshold)[:, 0::2].logical_not()
             base = x.new_ones(x.shape[:2]) if sizes is None else sizes
             x, sizes = token_ops.merge_into_partners(x, base, merged, partner, self.num_prefix)

@@ -227,7 +227,7 @@ class PackedForward(nn.Module):
             if i in stages:
                 s = stages.index(i)
                 if m.is_merge_stage(s):  # the first stage: x is still the plain [B, N, C] layout
-                    scores, partner = token_ops.bipartite_keep_scores(x, prefix)
+                    scores, partner = m.stage_inputs(s, x, scores)
                     rows, sizes = self._merge(x, scores, partner, s)
                 rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
                 kept.append(lengths)

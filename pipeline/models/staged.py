@@ -16,7 +16,7 @@ import torch
 from pipeline.errors import fail
 from pipeline.models import GatedViT
 from pipeline.models.layers import Context
-from pipeline.models.token_ops import bipartite_keep_scores, key_valid_from_lengths
+from pipeline.models.token_ops import key_valid_from_lengths
 
 # (stage index, pooled finite scores of every valid patch token at that stage) -> the stage's threshold
 ThresholdRule = Callable[[int, torch.Tensor], float]
@@ -95,7 +95,7 @@ class StagedForward:
         """Before a first stage that merges: its scores and partners, which no threshold changes."""
         if not self.model.is_merge_stage(0):
             return chunk
-        scores, partner = bipartite_keep_scores(chunk.x, self.model.num_prefix)
+        scores, partner = self.model.stage_inputs(0, chunk.x, chunk.scores)
         return _Chunk(chunk.x, chunk.valid, scores, chunk.context, chunk.sizes, partner)
 
 
