@@ -27,8 +27,6 @@ from pipeline.flops import Geometry, embed_and_head_macs, gmacs, layer_macs
 from pipeline.models import GatedViT, token_ops
 from pipeline.progress import progress
 
-_EPS = 1e-6
-
 
 def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
                     num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +46,7 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     patches = x.shape[1] - num_prefix
     if r > max_merges(patches):
         raise ValueError(f"{r} merges of {patches} patch tokens")
-    unit = metric[:, num_prefix:]
-    unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    similarity = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
-    best, partner = similarity.max(dim=-1)
+    best, partner = token_ops.best_partners(metric, num_prefix)
     merged = token_ops.top_rank_mask(best, r)  # the r most similar A tokens
     xa, xb = x[:, num_prefix:][:, 0::2], x[:, num_prefix:][:, 1::2]
     sa, sb = size[:, num_prefix:][:, 0::2], size[:, num_prefix:][:, 1::2]

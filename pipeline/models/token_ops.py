@@ -237,12 +237,20 @@ def bipartite_keep_scores(x: torch.Tensor, num_prefix: int) -> tuple[torch.Tenso
     Returns:
         scores [B, N - P] (+inf on B tokens) and partner [B, |A|] int64: each A token's partner as an index into B.
     """
-    patches = x[:, num_prefix:]
+    best, partner = best_partners(x, num_prefix)
+    never = torch.full_like(x[:, num_prefix + 1::2, 0], float("inf"))
+    return interleave_sets(-best[..., None], never[..., None])[..., 0], partner
+
+
+def best_partners(metric: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bipartite matching of the patch rows of `metric` [B, N, C]: set A (patch positions 0, 2, ...) against set B
+    (1, 3, ...). Returns each A row's highest cosine similarity to a B row [B, |A|] and that B row's index
+    [B, |A|] (the first on ties). The merge stage matches the tokens themselves, the ToMe-style baseline their keys."""
+    patches = metric[:, num_prefix:]
     unit = patches / patches.norm(dim=-1, keepdim=True).clamp_min(_EPS)
     similarity = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, |A|, |B|]
     best, partner = similarity.max(dim=-1)
-    never = torch.full_like(patches[:, 1::2, 0], float("inf"))
-    return interleave_sets(-best[..., None], never[..., None])[..., 0], partner
+    return best, partner
 
 
 def interleave_sets(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
