@@ -135,9 +135,21 @@ def with_keys(rows: torch.Tensor, context_rows: torch.Tensor, context_layout: La
     return Context(context_rows, context_layout, keys, key_layout, context_sizes)
 
 
+class Queries(NamedTuple):
+    """A context stage right before the last block: only the kept rows query that block, every row stays a key.
+
+    The last block's output feeds the head alone, so what such a stage drops are queries: its dropped tokens would
+    be context rows read by this one block only. Instead of moving them into a context (new row order, key order
+    and key layout: about 90 graph nodes), the block keeps its keys where they are and gathers the query rows;
+    same values as the context path up to float summation order."""
+
+    source: torch.Tensor  # [R'] int64: the packed row of each kept token (the query rows, sample after sample)
+    layout: Layout  # where each sample's query rows are
+
+
 def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
-                     varlen: bool, context: Optional[Context] = None,
-                     context_h: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                     varlen: bool, context: Optional[Context] = None, context_h: Optional[torch.Tensor] = None,
+                     queries: Optional[Queries] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GatedAttention.forward_gated at inference (no gates), with the projections on packed rows.
 
     The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows). With `varlen`, a
@@ -148,19 +160,21 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
 
     With a `context` (its rows normalised: `context_h`), the keys and values of sample b are its own tokens', then
     its context rows' (one K/V product over both, as `GatedAttention._with_context`); only its own tokens query and
-    are scored."""
+    are scored. With `queries`, `h` and `layout` are every key row's, and only the rows `queries.source` query."""
     heads, dim = attn.num_heads, attn.head_dim
-    if context is None:
+    if context is None and queries is None:
         qkv = attn.qkv(h).reshape(-1, 3, heads, dim).permute(1, 2, 0, 3)  # [3, H, R, d]
         q, kv, key_layout = qkv[0], qkv[1:], layout
     else:
         weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
-        q = F.linear(h, weight[:split], None if bias is None else bias[:split]).reshape(-1, heads, dim)
+        h_q = h if queries is None else h[queries.source]
+        q = F.linear(h_q, weight[:split], None if bias is None else bias[:split]).reshape(-1, heads, dim)
         q = q.permute(1, 0, 2)
-        both = torch.cat([h, context_h], dim=0)[context.keys]
+        both = h if context is None else torch.cat([h, context_h], dim=0)[context.keys]
         kv = F.linear(both, weight[split:], None if bias is None else bias[split:])
         kv = kv.reshape(-1, 2, heads, dim).permute(1, 2, 0, 3)  # [2, H, Rk, d]
-        key_layout = context.key_layout
+        key_layout = layout if context is None else context.key_layout
+        layout = layout if queries is None else queries.layout
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if varlen and not want_scores and plain_qk:
         out = varlen_attention(q, kv, layout.starts, layout.lengths, key_layout.starts, key_layout.lengths,
@@ -185,14 +199,19 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
 
 
 def packed_block(block: GatedBlock, rows: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
-                 varlen: bool, context: Optional[Context] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """GatedBlock.forward_gated at inference on packed rows; removed sub-blocks (None) are skipped as there."""
+                 varlen: bool, context: Optional[Context] = None,
+                 queries: Optional[Queries] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """GatedBlock.forward_gated at inference on packed rows; removed sub-blocks (None) are skipped as there.
+    With `queries`, `rows` and `layout` are the keys' and the block returns the query rows only."""
     scores = None
     if block.attn is not None:
         context_h = None if context is None else block.norm1(context.rows)
         a, scores = packed_attention(block.attn, block.norm1(rows), layout, num_prefix, want_scores, varlen,
-                                     context, context_h)
+                                     context, context_h, queries)
+        rows = rows if queries is None else rows[queries.source]
         rows = rows + block.drop_path1(block.ls1(a))
+    elif queries is not None:
+        rows = rows[queries.source]
     if block.mlp is not None:
         rows = rows + block.drop_path2(block.ls2(block.mlp(block.norm2(rows))))
     return rows, scores
@@ -224,16 +243,32 @@ class PackedForward(nn.Module):
                                                 want_scores=i in m.score_layers)
         rows, layout, context, sizes, kept = x.reshape(-1, x.shape[-1]), None, None, None, []
         for i in range(stages[0], len(blocks)):
+            queries = None
             if i in stages:
                 s = stages.index(i)
                 if m.is_merge_stage(s):  # the first stage: x is still the plain [B, N, C] layout
                     scores, partner = m.stage_inputs(s, x, scores)
                     rows, sizes = self._merge(x, scores, partner, s)
-                rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
+                if self._drops_queries_only(s):
+                    source, query_layout, lengths = self._kept(layout, self._keep(scores, s))
+                    queries = Queries(source, query_layout)
+                    if layout is None:  # the only stage: every sample's N tokens are its keys
+                        full = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
+                        layout = layout_from_lengths(full, x.shape[1], x.dtype)
+                else:
+                    rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
                 kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
-                                        varlen=self.varlen, context=context)
+                                        varlen=self.varlen, context=context, queries=queries)
+            layout = layout if queries is None else queries.layout
         return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
+
+    def _drops_queries_only(self, stage: int) -> bool:
+        """A context stage before the last block: its dropped tokens stay keys of that block and nothing reads
+        their outputs, so it only removes query rows (`Queries`)."""
+        m = self.model
+        return (m.dropped_tokens == "context" and not m.is_merge_stage(stage)
+                and m.stages[stage] == len(m.vit.blocks) - 1)
 
     def _keep(self, scores: torch.Tensor, stage: int) -> torch.Tensor:
         """The stage's kept patches. The merge stage needs no min_keep top-up: its B tokens score +inf."""
@@ -251,6 +286,18 @@ class PackedForward(nn.Module):
         x, sizes = token_ops.merge_into_partners(x, x.new_ones(x.shape[:2]), merged, partner, m.num_prefix)
         return x.reshape(-1, x.shape[-1]), sizes.reshape(-1)
 
+    def _kept(self, layout: Optional[Layout], keep: torch.Tensor) -> tuple[torch.Tensor, Layout, torch.Tensor]:
+        """The kept tokens (`keep` [B, N'] of the patches, the prefix added): their rows among `layout`'s packed rows
+        (the per-sample view's positions before the first stage), the packed layout they make, each sample's count."""
+        m = self.model
+        mask = torch.cat([keep.new_ones(keep.shape[0], m.num_prefix), keep], dim=1)  # positions of the view
+        chosen = mask.reshape(-1).nonzero().squeeze(1)
+        source = chosen if layout is None else layout.index[chosen]
+        lengths = mask.sum(dim=1)
+        width = packed_width(lengths, m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
+        torch._check(width <= mask.shape[1])
+        return source, layout_from_lengths(lengths, width, m.thresholds.dtype), lengths
+
     def _select(self, rows: torch.Tensor, layout: Optional[Layout], scores: torch.Tensor, stage: int,
                 context: Optional[Context], sizes: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, Layout, Optional[Context], Optional[torch.Tensor], torch.Tensor]:
@@ -258,21 +305,13 @@ class PackedForward(nn.Module):
         this stage drops), the kept rows' sizes (after a merge stage; `sizes` are those of `rows`) and each sample's
         token count."""
         m = self.model
-        batch = scores.shape[0]
         keep = self._keep(scores, stage)
-        prefix = keep.new_ones(batch, m.num_prefix)
-        mask = torch.cat([prefix, keep], dim=1)  # positions of the per-sample view
-        chosen = mask.reshape(-1).nonzero().squeeze(1)
-        source = chosen if layout is None else layout.index[chosen]
-        lengths = mask.sum(dim=1)
-        width = packed_width(lengths, m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
-        torch._check(width <= mask.shape[1])
-        new_layout = layout_from_lengths(lengths, width, rows.dtype)
+        source, new_layout, lengths = self._kept(layout, keep)
         kept_sizes = None if sizes is None else sizes[source]
         if m.dropped_tokens != "context" or m.is_merge_stage(stage):
             return rows[source], with_sizes(new_layout, kept_sizes), context, kept_sizes, lengths
-        present = torch.ones_like(mask) if layout is None else layout.valid
-        dropped = present & torch.cat([prefix.logical_not(), keep.logical_not()], dim=1)
+        dropped = torch.cat([keep.new_zeros(keep.shape[0], m.num_prefix), keep.logical_not()], dim=1)
+        dropped = dropped if layout is None else dropped & layout.valid
         taken = dropped.reshape(-1).nonzero().squeeze(1)
         dropped_source = taken if layout is None else layout.index[taken]
         dropped_rows = rows[dropped_source]

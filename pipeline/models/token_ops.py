@@ -255,11 +255,12 @@ def best_partners(metric: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, 
 
 def interleave_sets(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Rows of set A [B, |A|, C] and set B [B, |B|, C] back in patch order (A, B, A, B, ...; |A| - |B| is 0 or 1):
-    one concatenation and a gather with a constant order."""
+    one concatenation and a gather with a constant order (index_select: one ONNX Gather, where `[:, order]`
+    exports as GatherND between two Transposes)."""
     count = a.shape[1] + b.shape[1]
     position = torch.arange(count, device=a.device)
     order = torch.where(position % 2 == 0, position // 2, a.shape[1] + position // 2)
-    return torch.cat([a, b], dim=1)[:, order]
+    return torch.cat([a, b], dim=1).index_select(1, order)
 
 
 def merge_into_partners(x: torch.Tensor, sizes: torch.Tensor, merged: torch.Tensor, partner: torch.Tensor,

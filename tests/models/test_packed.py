@@ -170,3 +170,28 @@ def test_per_sample_attention_is_chosen_for_long_sequences(sliced_gated, long_ga
 
     assert not per_sample_attention_pays(sliced_gated)
     assert per_sample_attention_pays(long_gated[1])
+
+
+def test_final_context_stage_only_removes_queries(sliced_gated, fmnist_root, tmp_path):
+    """A context stage before the last block leaves every token a key of that block and nothing reads the dropped
+    tokens' outputs: the export gathers the query rows and builds no context (no row order, key order or key
+    layout, each of which costs a NonZero), so it has as many NonZero nodes as the same stage discarding; the
+    logits equal forward_dropped's and are batch invariant."""
+    cfg = tiny_config(fmnist_root, model={"depth": 4, "num_heads": 2, "embed_dim": 32})
+    counts = {}
+    for dropped in ("discard", "context"):
+        model = GatedViT(copy.deepcopy(sliced_gated.vit), stages=(3,), init_threshold=1.0,
+                         dropped_tokens=dropped).eval()
+        path = export_onnx(model, "packed", tmp_path / f"{dropped}.onnx",
+                           ExportInfo.of(model, cfg, "packed", tmp_path, 20))
+        counts[dropped] = sum(n.op_type == "NonZero" for n in onnx.load(str(path)).graph.node)
+    assert counts["context"] == counts["discard"] == 2  # the kept rows and the layout's flat positions
+    images = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, kept = model.forward_dropped(images)
+        packed_logits, packed_kept = PackedForward(model)(images)
+        singles = torch.cat([PackedForward(model)(images[i:i + 1])[0] for i in range(6)])
+    assert (kept[:, 0] < 16).all() and kept.float().std() > 0
+    assert torch.equal(packed_kept, kept)
+    assert (packed_logits - logits).abs().max() <= TOL
+    assert (singles - packed_logits).abs().max() <= TOL
