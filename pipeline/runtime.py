@@ -103,12 +103,18 @@ def ort_session(path: str | Path, device: str = "auto", fp16: bool = False, thre
     return open_plan(plan_session(path, device, fp16, plugin_lib), threads)
 
 
-def session_options(threads: int = 0, spin: bool = True) -> Any:
-    """`onnxruntime.SessionOptions` with `threads` intra-op threads (0: ORT's choice) that spin when idle or not."""
+def session_options(threads: int = 0, spin: bool = True, stop_spinning_after_run: bool = False) -> Any:
+    """`onnxruntime.SessionOptions` with `threads` intra-op threads (0: ORT's choice) that spin when idle or not.
+
+    `stop_spinning_after_run`: spin during a run (as a deployed session does by default) but stop when it returns,
+    so that a session's idle workers do not take the cores of another session run right after it (the bench's
+    interleaved rounds)."""
     options = import_onnxruntime().SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if stop_spinning_after_run:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 

@@ -162,3 +162,25 @@ def test_foreign_onnx_file_still_opens_without_run_extras(tmp_path, fmnist_root)
     plan = runtime.plan_session(path, "cpu")
     assert plan.flavor is None and not plan.custom_ops
     assert runtime.open_plan(plan).run(None, {"images": np.ones((1, 1, 4, 4), np.float32)})[0].shape == (1, 4)
+
+
+def test_bench_sessions_spin_during_a_run_and_stop_after_it(models):
+    """The bench's sessions spin like a deployed session's (ONNX Runtime's default) and stop when a run returns,
+    so the next file of an interleaved round gets the cores; validate's sessions keep ONNX Runtime's defaults."""
+    from pipeline.bench.run import BenchOptions, open_runner
+    from pipeline.runners.ort_runner import OrtRunner
+
+    bench = open_runner(models["native"], "ort-cpu", BenchOptions(threads=1))
+    default = OrtRunner(models["native"], threads=1)
+
+    def entry(runner: OrtRunner, key: str) -> str | None:
+        try:
+            return runner.session.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # never set: ONNX Runtime's default
+            return None
+
+    entries = {name: {key: entry(runner, key) for key in ("session.intra_op.allow_spinning",
+                                                          "session.force_spinning_stop")}
+               for name, runner in (("bench", bench), ("default", default))}
+    assert entries["bench"] == {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+    assert entries["default"] == {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": None}

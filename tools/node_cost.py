@@ -57,7 +57,7 @@ def measure(nodes: int = 500, runs: int = 200, threads: int = 2) -> NodeCost:
     per_node, kernel = {}, float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         for profiled in (False, True):
-            options = session_options(threads, spin=False)
+            options = session_options(threads, stop_spinning_after_run=True)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every Reshape
             if profiled:
                 options.enable_profiling = True

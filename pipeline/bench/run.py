@@ -160,7 +160,8 @@ def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bo
 
 
 def open_runner(path: Path, runtime: str, opts: BenchOptions) -> Runner:
-    """The runner `tokengate validate` would use, with the bench's threads and non-spinning ORT threads."""
+    """The runner `tokengate validate` would use, with the bench's threads; ORT threads spin during a run and stop
+    when it returns (`session_options`)."""
     if runtime == "torch":
         from pipeline.runners.torch_runner import TorchRunner
 
@@ -169,7 +170,7 @@ def open_runner(path: Path, runtime: str, opts: BenchOptions) -> Runner:
         return engine_runner(path, max(opts.batch_sizes))
     from pipeline.runners.ort_runner import OrtRunner
 
-    return OrtRunner(path, runtime, threads=opts.threads, spin=False)
+    return OrtRunner(path, runtime, threads=opts.threads, stop_spinning_after_run=True)
 
 
 def engine_runner(path: Path, max_batch: int, precision: str = "fp16") -> Runner:

@@ -107,7 +107,7 @@ def _session(model: onnx.ModelProto, call: OrtRunner) -> Any:
     from pipeline.runtime import import_onnxruntime, register_token_select, session_options
 
     ort = import_onnxruntime()
-    options = session_options(call.threads, spin=False)
+    options = session_options(call.threads, stop_spinning_after_run=True)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already ORT's optimized graph
     if call.plan.custom_ops:
         register_token_select(options)
@@ -333,7 +333,8 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     if info is None or not info.selection:
         raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
                    "re-export it with this version (tokengate export RUN)")
-    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, spin=False, profile_prefix=prefix)
+    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, stop_spinning_after_run=True,
+                         profile_prefix=prefix)
     for images in [batches[0], *batches]:
         profiled.infer(images)
     trace = Path(profiled.end_profiling())

@@ -22,8 +22,10 @@ class OrtRunner:
 
     Args:
         threads: intra-op threads (0: ONNX Runtime's choice).
-        spin: let idle intra-op threads spin (ONNX Runtime's default). The bench turns it off, so that one model's
-            spinning workers do not take the cores of the next model in an interleaved round.
+        spin: let idle intra-op threads spin (ONNX Runtime's default).
+        stop_spinning_after_run: stop that spinning when a run returns. The bench turns it on, so that one model's
+            spinning workers do not take the cores of the next model in an interleaved round, while each run
+            spins as a deployed session does.
         profile_prefix: run under ONNX Runtime's profiler, and keep the graph it runs at `<prefix>.optimized.onnx`
             (the profile names that graph's nodes).
         ours: refuse a file without TokenGate metadata (its config and input shape are unknown). Off for the bench's
@@ -31,7 +33,7 @@ class OrtRunner:
     """
 
     def __init__(self, path: str | Path, runtime: str = "ort-cpu", fp16: bool = False, threads: int = 0,
-                 spin: bool = True, profile_prefix: Optional[str] = None, ours: bool = True):
+                 spin: bool = True, stop_spinning_after_run: bool = False, profile_prefix: Optional[str] = None, ours: bool = True):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         from pipeline.export.metadata import read_info
@@ -43,7 +45,7 @@ class OrtRunner:
         self.artifact, self.threads = str(path), threads
         self.info = read_info(path) if ours else None  # a file that is not ours fails here, with the reason
         self.plan = plan_session(path, DEVICE_OF[self.runtime], fp16)
-        options = session_options(threads, spin)
+        options = session_options(threads, spin, stop_spinning_after_run)
         self.optimized: Optional[Path] = None
         if profile_prefix:
             options.enable_profiling = True
