@@ -62,7 +62,7 @@ test: setup
 bench: setup
 	@if [ -f $(RUN)/student.safetensors ]; then targets="configs/deit-s-224.yaml $(RUN)"; else \
 		echo "bench: $(RUN) has no trained student, so only DeiT-S geometry is benched;" \
-		     "run 'make engine' first (trains the default run, ~40 min on 2 cores) to add it"; \
+		     "run 'make engine' first (trains the default run, about 8 min on 2 cores) to add it"; \
 		targets=configs/deit-s-224.yaml; fi; \
 	$(PY) -m pipeline.cli bench $$targets $(BENCH_ARGS) --json bench.json
 
