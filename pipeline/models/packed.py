@@ -16,8 +16,8 @@ Choices that keep the exported graph cheap on ONNX Runtime's CPU provider (docs/
   below e^-50 of the largest: zero in fp32 sums, so batch invariance holds;
 - selection gathers the kept rows straight from the packed rows; with min_keep = 1 the top-up is an ArgMax (first
   index on ties, NaN as -inf: exactly `token_ops.top_rank_mask(scores, 1)`), not the O(N^2) pairwise ranking;
-- heads are split on the packed rows and gathered head-first, and reshapes after a selection take -1 for the
-  data-dependent size, which saves shape nodes in every block.
+- the padded view is one gather of the projected rows and one transpose into heads, and reshapes after a selection
+  take -1 for the data-dependent size, which saves shape nodes in every block.
 
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
 up to float rounding (tests/models/test_packed.py).
@@ -140,11 +140,19 @@ class Queries(NamedTuple):
 
     The last block's output feeds the head alone, so what such a stage drops are queries: its dropped tokens would
     be context rows read by this one block only. Instead of moving them into a context (new row order, key order
-    and key layout: about 90 graph nodes), the block keeps its keys where they are and gathers the query rows;
+    and key layout: about 60 graph nodes), the block keeps its keys where they are and gathers the query rows;
     same values as the context path up to float summation order."""
 
     source: torch.Tensor  # [R'] int64: the packed row of each kept token (the query rows, sample after sample)
     layout: Layout  # where each sample's query rows are
+
+
+def per_sample_view(rows: torch.Tensor, index: torch.Tensor, batch: int, parts: int, heads: int) -> torch.Tensor:
+    """[parts, H, B, K, d] from packed rows [R, parts * H * d]: one row gather into the padded per-sample order and
+    one transpose, a few graph nodes fewer per block than splitting the heads on the rows and gathering each part."""
+    dim = rows.shape[1] // (parts * heads)
+    view = rows.index_select(0, index).reshape(-1, parts, heads, dim).permute(1, 2, 0, 3)  # [parts, H, B * K, d]
+    return view.reshape(parts, heads, batch, -1, dim)
 
 
 def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_prefix: int, want_scores: bool,
@@ -152,39 +160,46 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
                      queries: Optional[Queries] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """GatedAttention.forward_gated at inference (no gates), with the projections on packed rows.
 
-    The heads are split off on the packed rows ([R, 3C] -> [3, H, R, d], a transpose of R rows). With `varlen`, a
-    layer that does not score attends sample by sample (`varlen_op.varlen_attention`: no padding). Otherwise the
-    per-sample view is gathered head-first ([H, B, K, d]), so nothing of size B * K is transposed: with a batch, K is
-    the largest kept count and B * K exceeds R by the padding. A scoring layer keeps that view: its class-attention
-    row feeds the [B, K] scores of the next stage.
+    With `varlen`, a layer that does not score attends sample by sample (`varlen_op.varlen_attention`: no padding),
+    its heads split off on the packed rows ([R, 3C] -> [3, H, R, d]). Otherwise the projected rows are gathered into
+    the padded per-sample order and split into heads with one transpose ([3, H, B, K, d], `per_sample_view`; K is the
+    batch's largest kept count): fewer nodes than splitting the rows first, for a transpose of B * K rows, not R. A
+    scoring layer keeps that view: its class-attention row feeds the [B, K] scores of the next stage.
 
     With a `context` (its rows normalised: `context_h`), the keys and values of sample b are its own tokens', then
     its context rows' (one K/V product over both, as `GatedAttention._with_context`); only its own tokens query and
     are scored. With `queries`, `h` and `layout` are every key row's, and only the rows `queries.source` query."""
     heads, dim = attn.num_heads, attn.head_dim
     if context is None and queries is None:
-        qkv = attn.qkv(h).reshape(-1, 3, heads, dim).permute(1, 2, 0, 3)  # [3, H, R, d]
-        q, kv, key_layout = qkv[0], qkv[1:], layout
+        qkv_rows, key_layout = attn.qkv(h), layout  # [R, 3C]: every row queries, and is a key and a value
+        q_rows = kv_rows = None
     else:
         weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
         h_q = h if queries is None else h[queries.source]
-        q = F.linear(h_q, weight[:split], None if bias is None else bias[:split]).reshape(-1, heads, dim)
-        q = q.permute(1, 0, 2)
+        q_rows = F.linear(h_q, weight[:split], None if bias is None else bias[:split])  # [R, C]
         both = h if context is None else torch.cat([h, context_h], dim=0)[context.keys]
-        kv = F.linear(both, weight[split:], None if bias is None else bias[split:])
-        kv = kv.reshape(-1, 2, heads, dim).permute(1, 2, 0, 3)  # [2, H, Rk, d]
-        key_layout = layout if context is None else context.key_layout
+        kv_rows = F.linear(both, weight[split:], None if bias is None else bias[split:])  # [Rk, 2C]
+        qkv_rows, key_layout = None, layout if context is None else context.key_layout
         layout = layout if queries is None else queries.layout
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if varlen and not want_scores and plain_qk:
+        if qkv_rows is not None:
+            qkv = qkv_rows.reshape(-1, 3, heads, dim).permute(1, 2, 0, 3)  # [3, H, R, d]
+            q, kv = qkv[0], qkv[1:]
+        else:
+            q = q_rows.reshape(-1, heads, dim).permute(1, 0, 2)
+            kv = kv_rows.reshape(-1, 2, heads, dim).permute(1, 2, 0, 3)  # [2, H, Rk, d]
         out = varlen_attention(q, kv, layout.starts, layout.lengths, key_layout.starts, key_layout.lengths,
                                layout.flat, attn.scale, key_layout.row_bias)
         return attn.proj_drop(attn.proj(out)), None
     batch = layout.valid.shape[0]
-    q = q.index_select(1, layout.index).reshape(heads, batch, -1, dim)
-    k, v = kv.index_select(2, key_layout.index).reshape(2, heads, batch, -1, dim).unbind(0)
+    if qkv_rows is not None:
+        q, k, v = per_sample_view(qkv_rows, layout.index, batch, 3, heads).unbind(0)
+    else:
+        q = per_sample_view(q_rows, layout.index, batch, 1, heads)[0]
+        k, v = per_sample_view(kv_rows, key_layout.index, batch, 2, heads).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    key_bias = key_layout.bias.to(q.dtype)
+    key_bias = key_layout.bias.to(q.dtype)  # [B, 1, K]: broadcasts over heads first and queries
     scores = None
     if want_scores:  # the class row of this layer's own attention (token_ops.attention_with_class_row)
         out, weights_attn, head_out = token_ops.attention_with_class_row(q, k, v, attn.scale, key_bias=key_bias,
@@ -193,7 +208,7 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
         scores = token_ops.token_scores(own, token_ops.head_importance(head_out), num_prefix, layout.valid)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
-    out = out.reshape(heads, -1, dim).index_select(1, layout.flat)
+    out = out.reshape(heads, -1, dim).index_select(1, layout.flat)  # [H, B, K, d] -> [H, R, d]
     out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores
 
