@@ -4,7 +4,9 @@ torch's exporter writes `nn.Linear` on a [B, N, K] tensor as MatMul + Add. ONNX 
 bias into the GEMM only for 2-D inputs, so the Add would stay a separate pass over the output, in the dense baseline
 and in every block before the first token stage, while the packed flavor's rows are 2-D already. Every export runs
 this pass, so all flavors are equally lean. Each rewrite is Reshape([-1, K]) -> Gemm(W, b) -> Reshape(leading dims +
-[N]): the reshapes are views.
+[N]): the reshapes are views. Where shape inference knows every leading dimension but the first (a ViT's token
+count before any selection), the second reshape takes a constant [-1, T, N]; otherwise it reads the leading dims
+with Shape + Concat, two more nodes per layer, which ONNX Runtime pays at a fixed cost each.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
     """Rewrite every MatMul(x, W) + Add(b) of the main graph (W a 2-D initializer, b a 1-D initializer of W's
     width, the MatMul read by that Add alone) as a Gemm on flattened rows; returns how many were rewritten."""
     graph = model.graph
+    static = _static_lead_dims(model)
     weights = {t.name: t for t in graph.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -40,16 +43,21 @@ def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
         add, bias = bias_add
         depth, width = weights[node.input[1]].dims
         rows = _constant(constants, taken, f"bias_gemm/rows_{depth}", [-1, depth])
-        tail = _constant(constants, taken, f"bias_gemm/width_{width}", [width])
         x, p = node.input[0], f"{node.name or node.output[0]}/bias_gemm/"
         nodes += [
             helper.make_node("Reshape", [x, rows], [p + "rows"], name=p + "rows", allowzero=1),
             helper.make_node("Gemm", [p + "rows", node.input[1], bias], [p + "out"], name=p + "gemm"),
-            helper.make_node("Shape", [x], [p + "lead"], name=p + "lead", end=-1),
-            helper.make_node("Concat", [p + "lead", tail], [p + "shape"], name=p + "shape", axis=0),
-            helper.make_node("Reshape", [p + "out", p + "shape"], [add.output[0]], name=p + "unflatten",
-                             allowzero=1),  # a leading dimension of 0 stays 0
         ]
+        if x in static:  # [-1, T, N]: the first dimension follows from the rows (T > 0)
+            lead = static[x]
+            shape = _constant(constants, taken, "bias_gemm/shape_" + "_".join(map(str, lead + [width])),
+                              [-1, *lead, width])
+        else:  # a leading dimension of 0 stays 0
+            shape, tail = p + "shape", _constant(constants, taken, f"bias_gemm/width_{width}", [width])
+            nodes += [helper.make_node("Shape", [x], [p + "lead"], name=p + "lead", end=-1),
+                      helper.make_node("Concat", [p + "lead", tail], [shape], name=shape, axis=0)]
+        nodes.append(helper.make_node("Reshape", [p + "out", shape], [add.output[0]], name=p + "unflatten",
+                                      allowzero=1))
         gone.add(node.output[0])
         dropped.add(id(add))
         rewritten += 1
@@ -60,6 +68,22 @@ def fuse_bias_into_gemm(model: onnx.ModelProto) -> int:
     for info in stale:
         graph.value_info.remove(info)
     return rewritten
+
+
+def _static_lead_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Tensors of rank 3 or more whose dimensions between the first and the last shape inference knows (all > 0):
+    name -> those dimensions. Empty for a model too large to infer in memory."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (ValueError, onnx.shape_inference.InferenceError):  # > 2 GB, or a graph inference cannot follow
+        return {}
+    out = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = info.type.tensor_type.shape.dim
+        middle = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:-1]]
+        if len(dims) >= 3 and all(v > 0 for v in middle):
+            out[info.name] = middle
+    return out
 
 
 def _bias_add(node: onnx.NodeProto, weights: dict, readers: dict,
