@@ -33,7 +33,8 @@ class OrtRunner:
     """
 
     def __init__(self, path: str | Path, runtime: str = "ort-cpu", fp16: bool = False, threads: int = 0,
-                 spin: bool = True, stop_spinning_after_run: bool = False, profile_prefix: Optional[str] = None, ours: bool = True):
+                 spin: bool = True, stop_spinning_after_run: bool = False, profile_prefix: Optional[str] = None,
+                 ours: bool = True):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         from pipeline.export.metadata import read_info
