@@ -31,6 +31,7 @@ from pipeline.artifacts import atomic_path
 from pipeline.contract import DOMAIN
 from pipeline.errors import fail
 from pipeline.export import schema
+from pipeline.export.batch_one import is_joined
 from pipeline.export.graph import constant_names
 from pipeline.export.metadata import attach, read_info
 
@@ -136,6 +137,9 @@ def quantize_onnx(src: str | Path, cal: CalibSet, images: np.ndarray, out: Optio
     model = onnx.load(str(src))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise fail(f"{src} is already quantized", "quantize the fp32 export (model.<flavor>.onnx)")
+    if is_joined(model):
+        raise fail(f"{src} keeps its graphs inside an If (the packed flavor's batch-one and batched branches), "
+                   "which this quantizer does not rewrite", "quantize model.native.onnx or model.capped.onnx")
     excluded, scores = recorded_selection(info, src)
     chosen = weight_nodes(model, set(excluded))
     if score_layers_fp32:

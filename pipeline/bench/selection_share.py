@@ -33,6 +33,7 @@ import onnx
 from onnx import helper
 
 from pipeline.errors import fail
+from pipeline.export.batch_one import branch_model, is_joined
 from pipeline.export.graph import node_reads
 from pipeline.export.metadata import ExportInfo
 from pipeline.runners.ort_runner import OrtRunner
@@ -321,6 +322,17 @@ class SelectionCost:
                           "alternating with the whole model (pipeline/bench/selection_share.py)"}
 
 
+def _branch_file(path: Path, batch: int, prefix: str) -> Path:
+    """`path` itself, or for a packed file with a batch-one branch the branch that runs `batch`, written beside
+    `prefix` (the caller removes it once its session is open)."""
+    model = onnx.load(str(path))
+    if not is_joined(model):
+        return path
+    out = Path(f"{prefix}.branch.onnx")
+    onnx.save(branch_model(model, batch), str(out))
+    return out
+
+
 def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
     """TokenSelect's share of `call`'s run time on `batches`.
 
@@ -328,13 +340,19 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     batch; its graph names the regions and its profile gives the kernel-time breakdown. On the CPU provider the
     shares reported are then measured without the profiler: each region cut out of that graph and timed alternating
     with `call`. Different batches keep different token counts, so they are what the share should be an average
-    case of."""
+    case of. A packed file's regions are found in the branch that runs this batch size (`batch_one.branch_model`),
+    profiled as a model of its own; the shares are still of `call`, the whole file."""
     info: Optional[ExportInfo] = call.info
     if info is None or not info.selection:
         raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
                    "re-export it with this version (tokengate export RUN)")
-    profiled = OrtRunner(call.path, call.runtime, threads=call.threads, stop_spinning_after_run=True,
-                         profile_prefix=prefix)
+    analysed = _branch_file(call.path, batches[0].shape[0], prefix)
+    try:
+        profiled = OrtRunner(analysed, call.runtime, threads=call.threads, stop_spinning_after_run=True,
+                             profile_prefix=prefix)
+    finally:
+        if analysed != call.path:
+            analysed.unlink(missing_ok=True)
     for images in [batches[0], *batches]:
         profiled.infer(images)
     trace = Path(profiled.end_profiling())

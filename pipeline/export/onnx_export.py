@@ -4,13 +4,15 @@ plugin: one fused `tokengate::TokenSelect` node per stage, data-dependent K (Ten
 native: the same semantics in standard ONNX ops, data-dependent K (any ONNX runtime).
 capped: standard ops with a constant K per stage (TopK with constant k): static shapes, TensorRT-RTX included.
 packed: standard ops; after the first stage every sample's kept tokens are rows of one [sum K, C] matrix, so each
-    sample's cost follows its own token count (ONNX Runtime CPU's fastest graph; pipeline.models.packed).
+    sample's cost follows its own token count (ONNX Runtime CPU's fastest graph; pipeline.models.packed). A batch of
+    one image runs a second graph in the same file, without the packing (pipeline.export.batch_one).
 dense: the teacher, no token selection: the speed baseline.
 
 Passes, in order, each recorded in the file's metadata (`passes`): `fold_weights` (weight views into initializers),
 `varlen` (packed only: per-sample attention placeholders into standard ops), `bias_gemm` (a linear layer's bias into
-a 2-D Gemm, which ONNX Runtime CPU fuses). The token scoring and selection nodes of the final graph are recorded too
-(`selection`, pipeline.export.selection).
+a 2-D Gemm, which ONNX Runtime CPU fuses), and for packed `batch_one` (the batch-1 graph joined under an If; the
+other counts then add up both graphs'). The token scoring and selection nodes of the final graph are recorded too
+(`selection`, pipeline.export.selection; a packed file records both branches').
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from torch import nn
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
 from pipeline.export import attention, schema, varlen
+from pipeline.export.batch_one import PREFIX as BATCH_ONE, join_on_batch_one
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
@@ -100,23 +103,41 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
         forward = model.forward_dropped
     schema.register_schema()
     outputs = list(OUTPUT_NAMES if model.stages else OUTPUT_NAMES[:1])
-    proto = trace_to_onnx(_Exported(model, forward).eval(), info.input_shape, outputs, opset,
-                          {torch.ops.tokengate.token_select.default: schema.token_select_onnx, **translations})
+    translations = {torch.ops.tokengate.token_select.default: schema.token_select_onnx, **translations}
+    proto = trace_to_onnx(_Exported(model, forward).eval(), info.input_shape, outputs, opset, translations)
     passes = apply_passes(proto, varlen_expansion=flavor == "packed")
-    attach(proto, replace(info, passes=passes, selection={} if flavor == "dense" else selection_regions(proto)))
+    selection = {} if flavor == "dense" else selection_regions(proto)
+    if flavor == "packed":
+        proto, passes, selection = _with_batch_one(model, proto, passes, selection, info, outputs, opset)
+    attach(proto, replace(info, passes=passes, selection=selection))
     return write_onnx(proto, path)
 
 
+def _with_batch_one(model: GatedViT, general: onnx.ModelProto, passes: dict[str, int], selection: dict[str, list[str]],
+                    info: ExportInfo, outputs: list[str], opset: int) -> tuple[onnx.ModelProto, dict, dict]:
+    """The packed file: `general` joined with the batch-one graph (pipeline.export.batch_one); the passes of both
+    graphs added up, and the selection regions of both (the batch-one graph's under its prefix)."""
+    single = trace_to_onnx(_Exported(model, PackedForward(model, batch_one=True)).eval(), info.input_shape, outputs,
+                           opset, batch=1)
+    single_passes = apply_passes(single)
+    single_selection = selection_regions(single)
+    joined = join_on_batch_one(single, general)
+    passes = {name: passes.get(name, 0) + single_passes.get(name, 0) for name in {**passes, **single_passes}}
+    selection = {region: names + [BATCH_ONE + n for n in single_selection.get(region, ())]
+                 for region, names in selection.items()}
+    return joined, {**passes, "batch_one": 1}, selection
+
+
 def trace_to_onnx(module: nn.Module, input_shape: Sequence[int], outputs: Sequence[str], opset: int,
-                  translations: Optional[dict] = None) -> onnx.ModelProto:
-    """torch.onnx's dynamo export of `module` (images [B, *input_shape] -> `outputs`) with a dynamic batch, attention
-    written out in five nodes (`pipeline.export.attention`)."""
-    images = torch.randn(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=65536)
+                  translations: Optional[dict] = None, batch: Optional[int] = None) -> onnx.ModelProto:
+    """torch.onnx's dynamo export of `module` (images [B, *input_shape] -> `outputs`) with a dynamic batch, or the
+    static `batch`, attention written out in five nodes (`pipeline.export.attention`)."""
+    images = torch.randn(batch or 2, *input_shape)
+    dynamic = None if batch else {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
     with _quiet():
         program = torch.onnx.export(
             module, (images,), input_names=[INPUT_NAME], output_names=list(outputs),
-            dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True, optimize=True,
+            dynamic_shapes=dynamic, opset_version=opset, dynamo=True, optimize=True,
             custom_translation_table={**attention.TRANSLATION, **(translations or {})},
         )
     return program.model_proto

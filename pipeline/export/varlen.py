@@ -7,7 +7,8 @@ holds as many rows (always so at batch 1):
 - else: a `Loop` over the batch slices each sample's rows, attends on [H, L, d], pads its output rows to the batch's
   largest count K (a scan output needs one shape; the padding is copies, not attention work), and the packed rows
   are gathered back.
-Standard ops only, so the file runs on any ONNX Runtime. The loop costs a fixed ~22 small nodes per sample and
+Each If names its output dims after itself: ONNX Runtime's memory planner takes tensors with equal dim names for
+equal sizes, and the blocks' head counts differ. Standard ops only, so the file runs on any ONNX Runtime. The loop costs a fixed ~22 small nodes per sample and
 block, so it pays only for long token sequences (`pipeline.models.packed.per_sample_attention_pays`; docs/method.md
 has the measurements). Float32 only.
 """
@@ -121,7 +122,7 @@ def _body(prefix: str, scale: float, io: "_Inputs", width: str) -> onnx.GraphPro
         [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
          helper.make_tensor_value_info(f"{p}cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(f"{p}cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info(f"{p}padded", TensorProto.FLOAT, ["K", "HD"])],
+         helper.make_tensor_value_info(f"{p}padded", TensorProto.FLOAT, [f"{p}K", f"{p}HD"])],
         [_const(f"{p}zero", [0]), _const(f"{p}one", [1]), _const(f"{p}two", [2]), _const(f"{p}ones", [1, 1]),
          _const(f"{p}scale", scale, np.float32), _const(f"{p}zeros2", [0, 0])])
 
@@ -145,7 +146,7 @@ def _uniform_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto
     nodes += _attention(n, p, f"{p}q_grid", f"{p}kv_grid", f"{p}rows", rank=4,  # [B * L, H * d]: the packed rows
                         bias=f"{p}bias_grid" if io.kv_bias else "")
     return helper.make_graph(
-        nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
+        nodes, f"{p}uniform", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, [f"{p}R", f"{p}HD"])],
         [_const(f"{p}zero", [0]), _const(f"{p}two", [2]), _const(f"{p}minus_one", [-1]), _const(f"{p}ones", [1, 1]),
          _const(f"{p}scale", scale, np.float32)] + ([_const(f"{p}one", [1])] if io.kv_bias else []))
 
@@ -162,8 +163,9 @@ def _loop_branch(prefix: str, scale: float, io: "_Inputs") -> onnx.GraphProto:
         n("Flatten", [f"{p}samples"], [f"{p}padded_rows"], axis=2),  # [B * K, H * d]
         n("Gather", [f"{p}padded_rows", io.flat], [f"{p}rows"], axis=0),
     ]
+    rows = helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, [f"{p}R", f"{p}HD"])
     return helper.make_graph(
-        nodes, f"{p}per_sample", [], [helper.make_tensor_value_info(f"{p}rows", TensorProto.FLOAT, ["R", "HD"])],
+        nodes, f"{p}per_sample", [], [rows],
         [_const(f"{p}zero", [0])])
 
 

@@ -19,6 +19,11 @@ Choices that keep the exported graph cheap on ONNX Runtime's CPU provider (docs/
 - the padded view is one gather of the projected rows and one transpose into heads, and reshapes after a selection
   take -1 for the data-dependent size, which saves shape nodes in every block.
 
+At batch 1 none of that bookkeeping is needed: a single sample's rows already are its per-sample view, with no
+padding to mask. `PackedForward(model, batch_one=True)` runs that case with no layout at all (no gathers into and
+out of the view, no masks, no key bias but the merge stage's sizes); the export ships it as the batch-1 branch of
+the file (pipeline/export/batch_one.py).
+
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
 up to float rounding (tests/models/test_packed.py).
 """
@@ -46,16 +51,39 @@ def per_sample_attention_pays(model: GatedViT) -> bool:
 
 
 class Layout(NamedTuple):
-    """Where each sample's tokens live in the packed rows."""
+    """Where each sample's tokens live in the packed rows. The batch-one layout (`batch_one_layout`) has no valid,
+    index, flat or bias: its rows are the per-sample view as they stand."""
 
-    valid: torch.Tensor  # [B, K] bool: position j of sample b holds a token
+    valid: Optional[torch.Tensor]  # [B, K] bool: position j of sample b holds a token
     # [B * K] int64: the packed row of each position b * K + j; padding repeats the sample's first row
-    index: torch.Tensor
-    flat: torch.Tensor  # [R] int64: each packed row's position b * K + j in the per-sample view
-    bias: torch.Tensor  # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
+    index: Optional[torch.Tensor]
+    flat: Optional[torch.Tensor]  # [R] int64: each packed row's position b * K + j in the per-sample view
+    # [B, 1, K] float: 0 for valid keys, MASK_BIAS for padding (broadcasts over heads and queries)
+    bias: Optional[torch.Tensor]
     starts: torch.Tensor  # [B] int64: each sample's first packed row
     lengths: torch.Tensor  # [B] int64: each sample's packed rows
     row_bias: Optional[torch.Tensor] = None  # [R] float after a merge stage: log(size) of each row, in row order
+
+    @property
+    def batch_one(self) -> bool:
+        return self.index is None
+
+
+def batch_one_layout(lengths: torch.Tensor) -> Layout:
+    """The layout of a batch of one sample holding all lengths[0] rows: nothing to gather, pad or mask."""
+    lengths = lengths.to(torch.int64)
+    return Layout(None, None, None, None, torch.zeros_like(lengths), lengths)
+
+
+def take(rows: torch.Tensor, index: Optional[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """rows.index_select(dim, index), or `rows` itself where the index is the identity (None: batch one)."""
+    return rows if index is None else rows.index_select(dim, index)
+
+
+def layout_of(lengths: torch.Tensor, dtype: torch.dtype, batch_one: bool, least: int = 0) -> Layout:
+    """The packed layout of samples holding lengths[b] leading tokens, at least `least` in the longest; the
+    batch-one layout when `batch_one`."""
+    return batch_one_layout(lengths) if batch_one else layout_from_lengths(lengths, packed_width(lengths, least), dtype)
 
 
 def layout_from_lengths(lengths: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> Layout:
@@ -89,8 +117,9 @@ class Context(NamedTuple):
 
     rows: torch.Tensor  # [Rc, C]: each sample's dropped tokens (as they were when dropped), sample after sample
     layout: Layout  # where each sample's context rows are
-    keys: torch.Tensor  # [R + Rc] int64: rows of cat([kept rows, context rows]) in key order, sample after sample:
-    # the sample's kept tokens, then its context (own keys first, so they sit where its queries sit)
+    # [R + Rc] int64: rows of cat([kept rows, context rows]) in key order, sample after sample: the sample's kept
+    # tokens, then its context (own keys first, so they sit where its queries sit); None at batch one (that order)
+    keys: Optional[torch.Tensor]
     key_layout: Layout  # where each sample's keys are in that order
     sizes: Optional[torch.Tensor] = None  # [Rc] after a merge stage: the input tokens each context row stands for
 
@@ -100,6 +129,8 @@ def with_sizes(layout: Layout, sizes: Optional[torch.Tensor]) -> Layout:
     `sizes` [R] of the packed rows the layout indexes. Built once per stage, so the blocks pay nothing more."""
     if sizes is None:
         return layout
+    if layout.batch_one:  # the sample's rows are its keys, in order
+        return layout._replace(bias=sizes.log()[None, None, :], row_bias=sizes.log())
     bias = torch.where(layout.valid, sizes[layout.index].reshape(layout.valid.shape).log(),
                        torch.full((), MASK_BIAS, dtype=sizes.dtype))
     return layout._replace(bias=bias[:, None, :], row_bias=sizes.log())
@@ -112,9 +143,11 @@ def packed_width(lengths: torch.Tensor, least: int = 0) -> int:
     return width
 
 
-def interleave(first: Layout, second: Layout, first_rows: int) -> torch.Tensor:
+def interleave(first: Layout, second: Layout, first_rows: int) -> Optional[torch.Tensor]:
     """Rows of cat([A, B]) (A and B packed, `first_rows` rows in A), sample after sample: the sample's rows of A,
-    then its rows of B."""
+    then its rows of B. None at batch one, where that is cat([A, B]) itself."""
+    if first.batch_one:
+        return None
     batch = first.valid.shape[0]
     source = torch.cat([first.index.reshape(batch, first.valid.shape[1]),
                         first_rows + second.index.reshape(batch, second.valid.shape[1])], dim=1)
@@ -128,10 +161,10 @@ def with_keys(rows: torch.Tensor, context_rows: torch.Tensor, context_layout: La
     weighed by the sizes of the kept rows (`sizes`) and of the context rows (`context_sizes`)."""
     keys = interleave(layout, context_layout, rows.shape[0])
     key_lengths = layout.lengths + context_layout.lengths
-    key_layout = layout_from_lengths(key_lengths, packed_width(key_lengths, 1), rows.dtype)
+    key_layout = layout_of(key_lengths, rows.dtype, layout.batch_one, least=1)
     if sizes is not None:
         # key_layout.index points into the key order; the sizes in that order are those of cat([kept, context])
-        key_layout = with_sizes(key_layout, torch.cat([sizes, context_sizes], dim=0)[keys])
+        key_layout = with_sizes(key_layout, take(torch.cat([sizes, context_sizes], dim=0), keys))
     return Context(context_rows, context_layout, keys, key_layout, context_sizes)
 
 
@@ -147,11 +180,13 @@ class Queries(NamedTuple):
     layout: Layout  # where each sample's query rows are
 
 
-def per_sample_view(rows: torch.Tensor, index: torch.Tensor, batch: int, parts: int, heads: int) -> torch.Tensor:
-    """[parts, H, B, K, d] from packed rows [R, parts * H * d]: one row gather into the padded per-sample order and
-    one transpose, a few graph nodes fewer per block than splitting the heads on the rows and gathering each part."""
+def per_sample_view(rows: torch.Tensor, index: Optional[torch.Tensor], batch: int, parts: int,
+                    heads: int) -> torch.Tensor:
+    """[parts, H, B, K, d] from packed rows [R, parts * H * d]: one row gather into the padded per-sample order (none
+    at batch one) and one transpose, a few graph nodes fewer per block than splitting the heads on the rows and
+    gathering each part."""
     dim = rows.shape[1] // (parts * heads)
-    view = rows.index_select(0, index).reshape(-1, parts, heads, dim).permute(1, 2, 0, 3)  # [parts, H, B * K, d]
+    view = take(rows, index).reshape(-1, parts, heads, dim).permute(1, 2, 0, 3)  # [parts, H, B * K, d]
     return view.reshape(parts, heads, batch, -1, dim)
 
 
@@ -177,7 +212,7 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
         weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
         h_q = h if queries is None else h[queries.source]
         q_rows = F.linear(h_q, weight[:split], None if bias is None else bias[:split])  # [R, C]
-        both = h if context is None else torch.cat([h, context_h], dim=0)[context.keys]
+        both = h if context is None else take(torch.cat([h, context_h], dim=0), context.keys)
         kv_rows = F.linear(both, weight[split:], None if bias is None else bias[split:])  # [Rk, 2C]
         qkv_rows, key_layout = None, layout if context is None else context.key_layout
         layout = layout if queries is None else queries.layout
@@ -192,23 +227,24 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
         out = varlen_attention(q, kv, layout.starts, layout.lengths, key_layout.starts, key_layout.lengths,
                                layout.flat, attn.scale, key_layout.row_bias)
         return attn.proj_drop(attn.proj(out)), None
-    batch = layout.valid.shape[0]
+    batch = layout.lengths.shape[0]
     if qkv_rows is not None:
         q, k, v = per_sample_view(qkv_rows, layout.index, batch, 3, heads).unbind(0)
     else:
         q = per_sample_view(q_rows, layout.index, batch, 1, heads)[0]
         k, v = per_sample_view(kv_rows, key_layout.index, batch, 2, heads).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    key_bias = key_layout.bias.to(q.dtype)  # [B, 1, K]: broadcasts over heads first and queries
+    # [B, 1, K]: broadcasts over heads first and queries; None at batch one before a merge stage (no padding)
+    key_bias = None if key_layout.bias is None else key_layout.bias.to(q.dtype)
     scores = None
     if want_scores:  # the class row of this layer's own attention (token_ops.attention_with_class_row)
         out, weights_attn, head_out = token_ops.attention_with_class_row(q, k, v, attn.scale, key_bias=key_bias,
                                                                          heads_first=True)
-        own = weights_attn[..., :layout.valid.shape[1]]  # a sample's own keys come first (positions < its length)
+        own = weights_attn[..., :q.shape[-2]]  # a sample's own keys come first (positions < its length)
         scores = token_ops.token_scores(own, token_ops.head_importance(head_out), num_prefix, layout.valid)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
-    out = out.reshape(heads, -1, dim).index_select(1, layout.flat)  # [H, B, K, d] -> [H, R, d]
+    out = take(out.reshape(heads, -1, dim), layout.flat, dim=1)  # [H, B, K, d] -> [H, R, d]
     out = out.permute(1, 0, 2).reshape(-1, attn.attn_dim)
     return attn.proj_drop(attn.proj(out)), scores
 
@@ -237,19 +273,24 @@ class PackedForward(nn.Module):
 
     `varlen`: attention of the layers that do not score runs sample by sample (`varlen`'s If once exported), not on
     the padded per-sample view. The export turns it on; PyTorch runs leave it off, where a Python loop over the
-    samples (and its host syncs) would cost more than the padding. Layers with a q/k norm keep the padded view."""
+    samples (and its host syncs) would cost more than the padding. Layers with a q/k norm keep the padded view.
 
-    def __init__(self, model: GatedViT, varlen: bool = False):
+    `batch_one`: the forward of a batch of one image (`batch_one_layout`), for the export's batch-1 branch; it
+    refuses any other batch size."""
+
+    def __init__(self, model: GatedViT, varlen: bool = False, batch_one: bool = False):
         super().__init__()
         if model.static_gates is not None or model.group_gates is not None:
             raise ValueError("the packed layout runs sliced models without gates (slice the student first)")
         if not model.stages:
             raise ValueError("the packed layout needs at least one token stage")
-        self.model, self.varlen = model, varlen
+        self.model, self.varlen, self.batch_one = model, varlen and not batch_one, batch_one
         self.eval()  # inference only: dropout and drop-path off, and the exporter sees eval mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
+        if self.batch_one and images.shape[0] != 1:
+            raise ValueError(f"this forward runs batches of one image, not {images.shape[0]}")
         blocks, stages, prefix = m.vit.blocks, m.stages, m.num_prefix
         x = m.embed(images)
         scores: Optional[torch.Tensor] = None
@@ -269,14 +310,16 @@ class PackedForward(nn.Module):
                     queries = Queries(source, query_layout)
                     if layout is None:  # the only stage: every sample's N tokens are its keys
                         full = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
-                        layout = layout_from_lengths(full, x.shape[1], x.dtype)
+                        layout = batch_one_layout(full) if self.batch_one else layout_from_lengths(full, x.shape[1],
+                                                                                                   x.dtype)
                 else:
                     rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
                 kept.append(lengths)
             rows, scores = packed_block(blocks[i], rows, layout, prefix, want_scores=i in m.score_layers,
                                         varlen=self.varlen, context=context, queries=queries)
             layout = layout if queries is None else queries.layout
-        return m.head(rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]), torch.stack(kept, dim=1).to(torch.int32)
+        heads_in = rows[None, :prefix] if layout.batch_one else rows[layout.index.reshape(x.shape[0], -1)[:, :prefix]]
+        return m.head(heads_in), torch.stack(kept, dim=1).to(torch.int32)
 
     def _drops_queries_only(self, stage: int) -> bool:
         """A context stage before the last block: its dropped tokens stay keys of that block and nothing reads
@@ -307,8 +350,11 @@ class PackedForward(nn.Module):
         m = self.model
         mask = torch.cat([keep.new_ones(keep.shape[0], m.num_prefix), keep], dim=1)  # positions of the view
         chosen = mask.reshape(-1).nonzero().squeeze(1)
-        source = chosen if layout is None else layout.index[chosen]
+        source = chosen if layout is None or layout.batch_one else layout.index[chosen]
         lengths = mask.sum(dim=1)
+        if self.batch_one:  # the exporter learns what packed_width tells it: the prefix plus at least one patch
+            torch._check(source.shape[0] >= m.num_prefix + 1)
+            return source, batch_one_layout(lengths), lengths
         width = packed_width(lengths, m.num_prefix + 1)  # the prefix plus at least one patch (min_keep >= 1)
         torch._check(width <= mask.shape[1])
         return source, layout_from_lengths(lengths, width, m.thresholds.dtype), lengths
@@ -326,21 +372,21 @@ class PackedForward(nn.Module):
         if m.dropped_tokens != "context" or m.is_merge_stage(stage):
             return rows[source], with_sizes(new_layout, kept_sizes), context, kept_sizes, lengths
         dropped = torch.cat([keep.new_zeros(keep.shape[0], m.num_prefix), keep.logical_not()], dim=1)
-        dropped = dropped if layout is None else dropped & layout.valid
+        dropped = dropped if layout is None or layout.batch_one else dropped & layout.valid
         taken = dropped.reshape(-1).nonzero().squeeze(1)
-        dropped_source = taken if layout is None else layout.index[taken]
+        dropped_source = taken if layout is None or layout.batch_one else layout.index[taken]
         dropped_rows = rows[dropped_source]
         dropped_sizes = None if sizes is None else sizes[dropped_source]
         dropped_lengths = dropped.sum(dim=1)
         if context is None:
             context_rows, context_lengths, context_sizes = dropped_rows, dropped_lengths, dropped_sizes
         else:
-            dropped_layout = layout_from_lengths(dropped_lengths, packed_width(dropped_lengths), rows.dtype)
+            dropped_layout = layout_of(dropped_lengths, rows.dtype, self.batch_one)
             merged = interleave(context.layout, dropped_layout, context.rows.shape[0])
-            context_rows = torch.cat([context.rows, dropped_rows], dim=0)[merged]
-            context_sizes = None if sizes is None else torch.cat([context.sizes, dropped_sizes], dim=0)[merged]
+            context_rows = take(torch.cat([context.rows, dropped_rows], dim=0), merged)
+            context_sizes = None if sizes is None else take(torch.cat([context.sizes, dropped_sizes], dim=0), merged)
             context_lengths = context.layout.lengths + dropped_lengths
-        context_layout = layout_from_lengths(context_lengths, packed_width(context_lengths), rows.dtype)
+        context_layout = layout_of(context_lengths, rows.dtype, self.batch_one)
         kept_rows = rows[source]
         return (kept_rows, with_sizes(new_layout, kept_sizes),
                 with_keys(kept_rows, context_rows, context_layout, new_layout, kept_sizes, context_sizes),

@@ -105,7 +105,7 @@ def test_every_export_records_its_passes(exported):
     all_rows = load_student(run).stages[0] == 0  # packed from a stage before block 0: every linear layer is 2-D
     for flavor, path in paths.items():
         passes = read_info(path).passes
-        assert set(passes) == ({"fold_weights", "varlen", "bias_gemm"} if flavor == "packed"
+        assert set(passes) == ({"fold_weights", "varlen", "bias_gemm", "batch_one"} if flavor == "packed"
                                else {"fold_weights", "bias_gemm"}), flavor
         # every ViT has linear layers with a bias, on [B, N, C] activations unless they are packed rows throughout
         assert (passes["bias_gemm"] == 0) == (flavor == "packed" and all_rows), flavor
@@ -223,6 +223,8 @@ def test_every_flavor_records_its_selection_nodes(exported):
     `select` (TokenSelect, or the threshold comparison), the class-attention scoring in `scores`; none for dense."""
     from pipeline.export.selection import selection_regions
 
+    from pipeline.export.batch_one import branch_model
+
     _, run, paths = exported
     stages = len(load_student(run).stages)
     for flavor, path in paths.items():
@@ -231,12 +233,15 @@ def test_every_flavor_records_its_selection_nodes(exported):
         if flavor == "dense":
             assert recorded == {}
             continue
-        assert recorded == selection_regions(model), flavor
-        names = [n.name for n in model.graph.node]
+        # packed: the batched graph's regions, then the batch-one graph's (a decision per stage in each)
+        graphs = [branch_model(model, 2), branch_model(model, 1)] if flavor == "packed" else [model]
+        found = [selection_regions(graph) for graph in graphs]
+        assert recorded == {region: [n for f in found for n in f[region]] for region in recorded}, flavor
+        names = [n.name for graph in graphs for n in graph.graph.node]
         assert len(set(names)) == len(names) and "" not in names, flavor
-        types = {n.name: n.op_type for n in model.graph.node}
+        types = {n.name: n.op_type for graph in graphs for n in graph.graph.node}
         select, scores = recorded["select"], recorded["scores"]
         assert set(select) | set(scores) <= set(names) and not set(select) & set(scores), flavor
         decision = "TokenSelect" if flavor == "plugin" else "Greater"
-        assert sum(types[n] == decision for n in select) >= stages, flavor
+        assert sum(types[n] == decision for n in select) >= stages * len(graphs), flavor
         assert "ReduceL2" in {types[n] for n in scores}, f"{flavor}: head importance is part of the scores"

@@ -90,6 +90,9 @@ def test_merge_stage_is_batch_invariant_and_packed_agrees(dropped_tokens):
             packed_logits, packed_lengths = PackedForward(model, varlen=varlen)(images)
             assert torch.equal(packed_lengths, lengths)
             assert (packed_logits - logits).abs().max() <= INVARIANCE_TOL
+        batch_one = [PackedForward(model, batch_one=True)(images[i:i + 1]) for i in range(7)]
+        assert torch.equal(torch.cat([k for _, k in batch_one]), lengths)  # sizes as key bias, no layout
+        assert (torch.cat([out for out, _ in batch_one]) - alone).abs().max() <= INVARIANCE_TOL
 
 
 def test_merge_thresholds_at_the_extremes():

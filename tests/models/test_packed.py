@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from pipeline.export.batch_one import branch_model
 from pipeline.export.metadata import ExportInfo
 from pipeline.export.onnx_export import export_onnx
 from pipeline.models.packed import MASK_BIAS, PackedForward, keep_mask, layout_from_lengths
@@ -67,10 +68,14 @@ def test_packed_equals_forward_dropped(sliced_gated, varlen, dropped):
         logits, kept = model.forward_dropped(images)
         packed_logits, packed_kept = PackedForward(model, varlen)(images)
         singles = torch.cat([PackedForward(model, varlen)(images[i:i + 1])[0] for i in range(9)])
+        batch_one = [PackedForward(model, batch_one=True)(images[i:i + 1]) for i in range(9)]
     assert kept.float().std(0).max() > 0  # samples keep different counts, so there is padding to remove
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
     assert (singles - packed_logits).abs().max() <= TOL  # batch invariance
+    # the batch-one forward (no layout, no gathers, no masks): the same tokens and logits, image by image
+    assert torch.equal(torch.cat([k for _, k in batch_one]), kept)
+    assert (torch.cat([out for out, _ in batch_one]) - singles).abs().max() <= TOL
     if dropped == "context":  # the context really is read: without it the logits move
         with torch.no_grad():
             assert (sliced_gated.forward_dropped(images)[0] - logits).abs().max() > 1e-3
@@ -88,6 +93,15 @@ def test_context_that_starts_empty_and_grows(sliced_gated):
     assert (kept[:, 0] == 17).all() and (kept[:, 1] < 17).any()
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
+    with torch.no_grad():  # the batch-one forward grows its context the same way
+        batch_one = [PackedForward(model, batch_one=True)(images[i:i + 1]) for i in range(5)]
+    assert torch.equal(torch.cat([k for _, k in batch_one]), kept)
+    assert (torch.cat([out for out, _ in batch_one]) - logits).abs().max() <= TOL
+
+
+def test_batch_one_forward_refuses_larger_batches(sliced_gated):
+    with pytest.raises(ValueError, match="batches of one image, not 2"):
+        PackedForward(sliced_gated, batch_one=True)(torch.randn(2, 1, 28, 28))
 
 
 def test_class_attention_key_bias_matches_the_mask():
@@ -132,12 +146,12 @@ def test_packed_export_attends_per_sample(long_gated, tmp_path, dropped):
     cfg, model = long_gated
     model = model if dropped == "discard" else with_context(model)
     path = export_onnx(model, "packed", tmp_path / "model.packed.onnx", ExportInfo.of(model, cfg, "packed", tmp_path, 20))
-    graph = onnx.load(str(path), load_external_data=False)
+    graph = branch_model(onnx.load(str(path), load_external_data=False), batch=9)  # the batched graph
     attention = [n for n in graph.graph.node if n.op_type == "If"]
     assert len(attention) == 2
     assert all([x.op_type for x in a.g.node].count("Loop") == 1 for n in attention for a in n.attribute
                if a.name == "else_branch")
-    assert placeholders_left(graph) == 0
+    assert placeholders_left(onnx.load(str(path))) == 0
     info = read_info(path)
     assert info.passes["varlen"] == 2 and info.passes["bias_gemm"] > 0 and "fold_weights" in info.passes
     recorded = set(info.selection["select"]) | set(info.selection["scores"])
@@ -184,8 +198,11 @@ def test_final_context_stage_only_removes_queries(sliced_gated, fmnist_root, tmp
                          dropped_tokens=dropped).eval()
         path = export_onnx(model, "packed", tmp_path / f"{dropped}.onnx",
                            ExportInfo.of(model, cfg, "packed", tmp_path, 20))
-        counts[dropped] = sum(n.op_type == "NonZero" for n in onnx.load(str(path)).graph.node)
-    assert counts["context"] == counts["discard"] == 2  # the kept rows and the layout's flat positions
+        for batch in (1, 2):
+            graph = branch_model(onnx.load(str(path)), batch).graph
+            counts[dropped, batch] = sum(n.op_type == "NonZero" for n in graph.node)
+    assert counts["context", 2] == counts["discard", 2] == 2  # the kept rows and the layout's flat positions
+    assert counts["context", 1] == counts["discard", 1] == 1  # batch one: the kept rows, no layout
     images = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, kept = model.forward_dropped(images)
