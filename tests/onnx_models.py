@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.config import Config
 from pipeline.export import schema
 from pipeline.export.metadata import ExportInfo, attach
+from pipeline.export.onnx_export import export_passes
 
 TOKENS, CHANNELS = 4, 4  # the handmade models read a [B, 1, 4, 4] image as 4 tokens of 4 channels
 _exported: dict[str, tuple[Config, Path]] = {}
@@ -108,7 +109,7 @@ def tiny_model(flavor: str, cfg: Config, run_dir: Path, tagged: bool = True) -> 
                                  config=cfg.to_dict(), stages=[1], thresholds=[0.0], min_keep=1, num_prefix=1,
                                  caps=[TOKENS - 1] if flavor == "capped" else None,
                                  truncation_rate=0.0 if flavor == "capped" else None, input_shape=[1, 4, 4],
-                                 opset=20, run_dir=str(run_dir)))
+                                 opset=20, run_dir=str(run_dir), passes=dict.fromkeys(export_passes(flavor), 0)))
     return proto
 
 

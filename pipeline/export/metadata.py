@@ -12,8 +12,7 @@ from pipeline.config import Config, config_from_dict
 from pipeline.errors import TokenGateError, fail
 
 PREFIX = "tokengate."
-FORMAT_VERSION = 4  # 2: the selection regions; 3: the baseline record (and the merge stage's stages and sizes); 4: the
-# packed flavor's batch-one branch
+FORMAT_VERSION = 3  # 2: the selection regions; 3: the baseline record (and the merge stage's stages and sizes)
 
 
 @dataclass(frozen=True)

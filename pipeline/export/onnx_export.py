@@ -143,6 +143,12 @@ def trace_to_onnx(module: nn.Module, input_shape: Sequence[int], outputs: Sequen
     return program.model_proto
 
 
+def export_passes(flavor: str) -> tuple[str, ...]:
+    """The graph passes an export of `flavor` runs and records (module docstring): a file recording others was
+    written by another version of the exporter."""
+    return ("fold_weights", "varlen", "bias_gemm", "batch_one") if flavor == "packed" else ("fold_weights", "bias_gemm")
+
+
 def apply_passes(proto: onnx.ModelProto, varlen_expansion: bool = False) -> dict[str, int]:
     """The graph passes every export runs, in order (module docstring); returns {pass: nodes it rewrote}."""
     passes = {"fold_weights": fold_weight_views(proto)}

@@ -1,6 +1,8 @@
 """Which of a run's files the bench exports before timing: missing ones, and ones another version wrote."""
 from __future__ import annotations
 
+import json
+
 import onnx
 
 from pipeline.bench import run as bench_run_module
@@ -26,12 +28,24 @@ def test_is_current_reads_the_format(tmp_path, fmnist_root):
     assert not is_current(tmp_path / "model.packed.onnx")  # missing
 
 
+def _without_pass(path, name):
+    """The file as an exporter without the pass `name` wrote it (its metadata format unchanged)."""
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == PREFIX + "passes":
+            prop.value = json.dumps({k: v for k, v in json.loads(prop.value).items() if k != name})
+    onnx.save(model, str(path))
+    return path
+
+
 def test_missing_and_older_files_are_exported(tmp_path, fmnist_root, monkeypatch):
     cfg = tiny_config(fmnist_root)
     write_tiny(tmp_path, "dense", cfg)
+    write_tiny(tmp_path, "capped", cfg)
     _older(write_tiny(tmp_path, "native", cfg))
+    _without_pass(write_tiny(tmp_path, "packed", cfg), "batch_one")  # a packed file from before its batch-one branch
     asked = []
     monkeypatch.setattr(bench_run_module, "export_run", lambda run_dir, flavors: asked.extend(flavors))
-    files = bench_run_module.exported_files(tmp_path, "ort-cpu", ["native", "packed"], show=False)
-    assert asked == ["native", "packed"]  # dense is current: timed as it is
-    assert files == {f: tmp_path / f"model.{f}.onnx" for f in ("dense", "native", "packed")}
+    files = bench_run_module.exported_files(tmp_path, "ort-cpu", ["native", "packed", "plugin", "capped"], show=False)
+    assert asked == ["native", "packed", "plugin"]  # dense and capped are current: timed as they are
+    assert files == {f: tmp_path / f"model.{f}.onnx" for f in ("dense", "native", "packed", "plugin", "capped")}

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.errors import TokenGateError
 from pipeline.export.metadata import read_info
+from pipeline.export.onnx_export import export_passes
 from pipeline.export.run_export import export_run
 from pipeline.models import load_student
 from tests.conftest import make_run, tiny_config
@@ -105,8 +106,9 @@ def test_every_export_records_its_passes(exported):
     all_rows = load_student(run).stages[0] == 0  # packed from a stage before block 0: every linear layer is 2-D
     for flavor, path in paths.items():
         passes = read_info(path).passes
-        assert set(passes) == ({"fold_weights", "varlen", "bias_gemm", "batch_one"} if flavor == "packed"
-                               else {"fold_weights", "bias_gemm"}), flavor
+        assert set(passes) == set(export_passes(flavor)), flavor
+        assert set(export_passes(flavor)) == ({"fold_weights", "varlen", "bias_gemm", "batch_one"} if flavor == "packed"
+                                              else {"fold_weights", "bias_gemm"})
         # every ViT has linear layers with a bias, on [B, N, C] activations unless they are packed rows throughout
         assert (passes["bias_gemm"] == 0) == (flavor == "packed" and all_rows), flavor
 
