@@ -231,7 +231,7 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     if qkv_rows is not None:
         q, k, v = per_sample_view(qkv_rows, layout.index, batch, 3, heads).unbind(0)
     else:
-        q = per_sample_view(q_rows, layout.index, batch, 1, heads)[0]
+        q = per_sample_view(q_rows, layout.index, batch, 1, heads).squeeze(0)
         k, v = per_sample_view(kv_rows, key_layout.index, batch, 2, heads).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     # [B, 1, K]: broadcasts over heads first and queries; None at batch one before a merge stage (no padding)

@@ -95,7 +95,7 @@ def token_scores(attn: torch.Tensor, weights: torch.Tensor, num_prefix: int, key
     """
     raw = (attn * weights[:, :, None]).sum(dim=1)[:, num_prefix:]
     if key_valid is None:
-        count = torch.full_like(raw[:, :1], raw.shape[1])
+        count = raw.shape[1]
         valid = None
     else:
         valid = key_valid[:, num_prefix:]
