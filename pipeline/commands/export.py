@@ -13,8 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory written by `tokengate train`")
     p.add_argument("--flavor", default="all",
                    help="plugin (fused TokenSelect node), native (standard ops), capped (static K per stage), packed "
-                        "(packed rows: ONNX Runtime CPU), dense (teacher), a comma list, or all (default: every "
-                        "flavor the run can express)")
+                        "(packed rows, and a batch-1 graph beside them: ONNX Runtime CPU), dense (teacher), a comma "
+                        "list, or all (default: every flavor the run can express)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: export.opset of the run, 20)")
     p.add_argument("--quantile", type=float, default=None,
                    help="capped flavor: K per stage = this quantile of kept counts on validation data "

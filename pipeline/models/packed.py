@@ -205,7 +205,10 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     its context rows' (one K/V product over both, as `GatedAttention._with_context`); only its own tokens query and
     are scored. With `queries`, `h` and `layout` are every key row's, and only the rows `queries.source` query."""
     heads, dim = attn.num_heads, attn.head_dim
-    if context is None and queries is None:
+    # At batch one a query-only block projects every row in one product and picks its queries from the view (one
+    # Gemm and a view fewer, for queries of rows it does not count: a few MACs against an ONNX Runtime node each)
+    pick = queries if queries is not None and context is None and layout.batch_one else None
+    if context is None and (queries is None or pick is not None):
         qkv_rows, key_layout = attn.qkv(h), layout  # [R, 3C]: every row queries, and is a key and a value
         q_rows = kv_rows = None
     else:
@@ -230,6 +233,8 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     batch = layout.lengths.shape[0]
     if qkv_rows is not None:
         q, k, v = per_sample_view(qkv_rows, layout.index, batch, 3, heads).unbind(0)
+        if pick is not None:
+            q, layout = q.index_select(2, pick.source), pick.layout  # [H, 1, K, d]: the kept rows query
     else:
         q = per_sample_view(q_rows, layout.index, batch, 1, heads).squeeze(0)
         k, v = per_sample_view(kv_rows, key_layout.index, batch, 2, heads).unbind(0)
