@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipeline.artifacts import write_json
+from pipeline.errors import TokenGateError, fail
 from pipeline.runtime import session_options
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})  # their time is their body's, profiled node by node
@@ -95,15 +96,20 @@ def measure(run_dir: Path, batch: int = 1, images: int = 12, threads: int = 2) -
     pool = load_images(cfg, source, images, cfg.bench.seed).inputs.numpy()
     batches = [pool[i:i + batch] for i in range(0, len(pool) - batch + 1, batch)]
     dense_path, packed_path = run_dir / "model.dense.onnx", run_dir / "model.packed.onnx"
-    kept = np.concatenate([OrtRunner(packed_path, threads=threads).infer(b).kept_tokens for b in batches])
+    runner = OrtRunner(packed_path, threads=threads)
+    kept = np.concatenate([runner.infer(b).kept_tokens for b in batches])
+    del runner
     student, teacher = load_student(run_dir, cfg), load_teacher(run_dir, cfg)
     packed_macs = float(student.macs(torch.from_numpy(kept).double()).mean())  # int32 would overflow
     dense_macs = float(teacher.macs(torch.zeros(len(kept), 0, dtype=torch.float64)).mean())
     dense, packed = kernel_times([dense_path, packed_path], batches, threads)
+    if GEMM not in dense or GEMM not in packed:
+        raise fail(f"{run_dir} runs no {GEMM} node in one of its files, so there is no Gemm ceiling to report",
+                   "export both files with this version (tokengate export RUN --flavor packed,dense)")
     flops_ratio = dense_macs / packed_macs
     dense_total, packed_total = sum(dense.values()), sum(packed.values())
-    ceiling = dense_total / (packed.get(GEMM, 0.0) + (dense_total - dense.get(GEMM, 0.0)) / flops_ratio)
-    return OpShares(batch, len(kept), dense, packed, flops_ratio, dense.get(GEMM, 0.0) / packed.get(GEMM, 1.0),
+    ceiling = dense_total / (packed[GEMM] + (dense_total - dense[GEMM]) / flops_ratio)
+    return OpShares(batch, len(kept), dense, packed, flops_ratio, dense[GEMM] / packed[GEMM],
                     dense_total / packed_total, ceiling, ceiling / flops_ratio)
 
 
@@ -141,7 +147,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch < 1 or args.images < args.batch:
         print("op_shares: --batch must be at least 1 and --images at least --batch", file=sys.stderr)
         return 2
-    shares = measure(args.run, args.batch, args.images, args.threads)
+    try:
+        shares = measure(args.run, args.batch, args.images, args.threads)
+    except TokenGateError as error:
+        print(f"op_shares: {error}", file=sys.stderr)
+        return 2
     print(report(shares))
     if args.json:
         write_json(args.json, asdict(shares))

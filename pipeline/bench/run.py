@@ -160,8 +160,9 @@ def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bo
 
 
 def _current(path: Path, flavor: str) -> bool:
-    """A readable export with this version's metadata whose graph this version's passes wrote (a file from before
-    a pass was added, e.g. a packed file without its batch-one branch, is exported again)."""
+    """A readable export with this version's metadata that records this version's passes: a file from before a pass
+    was added (e.g. a packed file without its batch-one branch) is exported again. A change inside a graph that adds
+    no pass goes unseen; delete the file to re-time it."""
     return is_current(path) and set(read_info(path).passes) == set(export_passes(flavor))
 
 

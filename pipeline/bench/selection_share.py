@@ -4,7 +4,9 @@ The regions are the ones the exporter recorded (`ExportInfo.selection`, pipeline
 decisions, compaction, kept counts and masks; the fused TokenSelect nodes of plugin flavors) and `scores` (the
 class-attention row, head importance and normalisation). The graph analysed is the one ORT runs (its optimized model,
 saved by a profiling session): ORT keeps the names of the nodes it does not fuse or fold; `recorded_nodes_found` says
-what share of the recorded nodes that graph still has (the time of the others counts as the model's).
+what share of the recorded nodes that graph still has (the time of the others counts as the model's). A packed file
+holds two graphs under an If on the batch size (pipeline/export/batch_one.py): the one that runs the batch size is
+cut out and optimized as a top graph, which can differ a little from its optimization inside the If.
 
 Why the regions are then timed without the profiler: ORT's profiler formats each node's input and output shapes
 into strings inside the node's measured `kernel_time` (its KernelScopeImpl starts the clock before the input shapes
@@ -33,9 +35,10 @@ import onnx
 from onnx import helper
 
 from pipeline.errors import fail
-from pipeline.export.batch_one import branch_model, is_joined
+from pipeline.export.batch_one import branch_model, branch_selection, is_joined
 from pipeline.export.graph import node_reads
 from pipeline.export.metadata import ExportInfo
+from pipeline.export.onnx_export import write_onnx
 from pipeline.runners.ort_runner import OrtRunner
 
 
@@ -322,15 +325,14 @@ class SelectionCost:
                           "alternating with the whole model (pipeline/bench/selection_share.py)"}
 
 
-def _branch_file(path: Path, batch: int, prefix: str) -> Path:
-    """`path` itself, or for a packed file with a batch-one branch the branch that runs `batch`, written beside
-    `prefix` (the caller removes it once its session is open)."""
-    model = onnx.load(str(path))
+def _branch_of(call: OrtRunner, batch: int) -> tuple[Optional[onnx.ModelProto], dict[str, list[str]]]:
+    """For a packed file with a batch-one branch, the branch that runs batches of `batch` as a model of its own and
+    the selection recorded for it (`batch_one.branch_model`, `branch_selection`); else None and the whole record."""
+    info: ExportInfo = call.info
+    model = onnx.load(str(call.path))
     if not is_joined(model):
-        return path
-    out = Path(f"{prefix}.branch.onnx")
-    onnx.save(branch_model(model, batch), str(out))
-    return out
+        return None, info.selection
+    return branch_model(model, batch), branch_selection(info.selection, batch)
 
 
 def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
@@ -340,32 +342,36 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     batch; its graph names the regions and its profile gives the kernel-time breakdown. On the CPU provider the
     shares reported are then measured without the profiler: each region cut out of that graph and timed alternating
     with `call`. Different batches keep different token counts, so they are what the share should be an average
-    case of. A packed file's regions are found in the branch that runs this batch size (`batch_one.branch_model`),
-    profiled as a model of its own; the shares are still of `call`, the whole file."""
+    case of. A packed file's regions are found in the branch that runs this batch size, profiled as a model of its
+    own, which ORT optimizes as a top graph (an If's branch can differ a little); the shares are still of `call`, the
+    whole file."""
     info: Optional[ExportInfo] = call.info
     if info is None or not info.selection:
         raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
                    "re-export it with this version (tokengate export RUN)")
-    analysed = _branch_file(call.path, batches[0].shape[0], prefix)
+    branch, selection = _branch_of(call, batches[0].shape[0])
+    analysed = call.path if branch is None else write_onnx(branch, Path(f"{prefix}.branch.onnx"))
     try:
         profiled = OrtRunner(analysed, call.runtime, threads=call.threads, stop_spinning_after_run=True,
                              profile_prefix=prefix)
     finally:
         if analysed != call.path:
-            analysed.unlink(missing_ok=True)
+            for leftover in (analysed, analysed.with_name(analysed.name + ".data")):
+                leftover.unlink(missing_ok=True)
     for images in [batches[0], *batches]:
         profiled.infer(images)
     trace = Path(profiled.end_profiling())
     saved = profiled.optimized is not None and profiled.optimized.is_file()
     try:
         events = json.loads(trace.read_text())
-        model = onnx.load(str(profiled.optimized if saved else call.path))
+        model = onnx.load(str(profiled.optimized)) if saved else branch if branch is not None else \
+            onnx.load(str(call.path))
     finally:
         trace.unlink(missing_ok=True)
         if profiled.optimized is not None:
             profiled.optimized.unlink(missing_ok=True)
     del profiled
-    regions = recorded_regions(info.selection, len(info.stages), model)
+    regions = recorded_regions(selection, len(info.stages), model)
     shares = parse_profile(events, regions, {n.name for n in model.graph.node})
     if call.runtime != "ort-cpu":
         return SelectionCost(shares.select_share, shares.scores_share, None, shares)

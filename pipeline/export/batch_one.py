@@ -9,8 +9,9 @@ and joins them under one If on the batch size:
     images -> Shape[0] == 1 -> If(then: the batch-one graph, else: the general graph) -> logits, kept_tokens
 
 Both branches read one copy of each weight (initializers are shared by content, whatever their names), so the file
-grows by the batch-one graph's nodes only. The batch-one branch's names carry the prefix `batch_one/`; the general
-branch keeps its own (only its outputs are renamed), so the selection regions recorded for it still name its nodes.
+grows by the batch-one graph's nodes only. The batch-one branch's names carry the prefix `batch_one/` and the
+chooser's `batch_size/`; the general branch keeps its own (only its outputs are renamed), so the selection regions
+recorded for it still name its nodes (`branch_selection` splits the record).
 `branch_model` cuts either branch back out as a model of its own, for tools that analyse one flat graph.
 """
 from __future__ import annotations
@@ -23,19 +24,23 @@ from onnx import helper, numpy_helper
 
 from pipeline.export.graph import node_reads, subgraphs
 
-PREFIX = "batch_one/"  # names of the batch-one branch and of the nodes that choose it
+PREFIX = "batch_one/"  # names in the batch-one branch
 BATCHED = "batched/"  # the general branch's outputs (its other names are kept)
-IF_NAME = f"{PREFIX}choose"
+CHOOSER = "batch_size/"  # the nodes and values that choose the branch
+IF_NAME = f"{CHOOSER}choose"
 
 
 def _digest(tensor: onnx.TensorProto) -> str:
-    """Content of an initializer, whatever its name: dtype, shape and values."""
-    values = numpy_helper.to_array(tensor)
-    return hashlib.sha256(f"{values.dtype}{values.shape}".encode() + values.tobytes()).hexdigest()
+    """Content of an initializer, whatever its name: dtype, shape and values (the raw bytes as stored, without a
+    copy, where the exporter wrote them raw; decoded otherwise)."""
+    head = f"{tensor.data_type}{list(tensor.dims)}".encode()
+    values = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+    return hashlib.sha256(head + values).hexdigest()
 
 
-def _rename_graph(graph: onnx.GraphProto, rename) -> None:
-    """Apply `rename` (name -> name) to every value of `graph` and its subgraphs, in place."""
+def _rename_graph(graph: onnx.GraphProto, rename, node_prefix: str = "") -> None:
+    """Apply `rename` (name -> name) to every value of `graph` and its subgraphs, and put `node_prefix` before
+    every node name, in place."""
     for info in [*graph.input, *graph.output, *graph.value_info]:
         info.name = rename(info.name)
     for tensor in graph.initializer:
@@ -43,8 +48,9 @@ def _rename_graph(graph: onnx.GraphProto, rename) -> None:
     for node in graph.node:
         node.input[:] = [rename(t) for t in node.input]
         node.output[:] = [rename(t) for t in node.output]
+        node.name = node_prefix + node.name
         for inner in subgraphs(node):
-            _rename_graph(inner, rename)
+            _rename_graph(inner, rename, node_prefix)
 
 
 def _branch(graph: onnx.GraphProto, name: str) -> onnx.GraphProto:
@@ -57,6 +63,11 @@ def _branch(graph: onnx.GraphProto, name: str) -> onnx.GraphProto:
 def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto) -> onnx.ModelProto:
     """One model that runs `batch_one` on a batch of one image and `general` on any other batch (module docstring).
     Both must have the same input and outputs; their graph passes have run. Returns a new model."""
+    if [i.name for i in batch_one.graph.input] != [i.name for i in general.graph.input] or \
+            [o.name for o in batch_one.graph.output] != [o.name for o in general.graph.output]:
+        raise ValueError("the batch-one and batched graphs must have the same input and outputs, in one order")
+    if batch_one.functions or general.functions:
+        raise ValueError("graphs with local functions cannot be joined (their nodes would sit outside the If)")
     general, batch_one = _copy(general), _copy(batch_one)
     shared: dict[str, str] = {}  # content digest -> the shared initializer's name
     initializers = []
@@ -77,22 +88,23 @@ def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto) -> o
     outputs = [o.name for o in general.graph.output]
     del batch_one.graph.initializer[:]
     del general.graph.initializer[:]
-    _rename_graph(batch_one.graph, lambda t: t if t in ("", image) else own.get(t, PREFIX + t))
-    for node in batch_one.graph.node:
-        node.name = PREFIX + node.name
+    _rename_graph(batch_one.graph, lambda t: t if t in ("", image) else own.get(t, PREFIX + t), PREFIX)
     _rename_graph(general.graph, lambda t: BATCHED + t if t in outputs else t)
-    one = numpy_helper.from_array(np.array([1], np.int64), f"{PREFIX}one")
+    one = numpy_helper.from_array(np.array([1], np.int64), f"{CHOOSER}one")
     nodes = [
-        helper.make_node("Shape", [image], [f"{PREFIX}batch"], name=f"{PREFIX}batch", end=1),
-        helper.make_node("Equal", [f"{PREFIX}batch", one.name], [f"{PREFIX}is_one"], name=f"{PREFIX}is_one"),
-        helper.make_node("If", [f"{PREFIX}is_one"], outputs, name=IF_NAME,
+        helper.make_node("Shape", [image], [f"{CHOOSER}batch"], name=f"{CHOOSER}batch", end=1),
+        helper.make_node("Equal", [f"{CHOOSER}batch", one.name], [f"{CHOOSER}is_one"], name=f"{CHOOSER}is_one"),
+        helper.make_node("If", [f"{CHOOSER}is_one"], outputs, name=IF_NAME,
                          then_branch=_branch(batch_one.graph, "batch_one"),
                          else_branch=_branch(general.graph, "batched")),
     ]
     graph = helper.make_graph(nodes, general.graph.name, list(general.graph.input),
                               [_outer_output(o) for o in general.graph.output], [*initializers, one])
-    model = helper.make_model(graph, opset_imports=list(general.opset_import), producer_name=general.producer_name,
-                              producer_version=general.producer_version)
+    opsets: dict[str, int] = {}
+    for opset in [*general.opset_import, *batch_one.opset_import]:
+        opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name=general.producer_name, producer_version=general.producer_version)
     model.ir_version = general.ir_version
     model.metadata_props.extend(general.metadata_props)
     return model
@@ -137,3 +149,9 @@ def _outer_output(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     copy.CopyFrom(info)
     copy.name = info.name.removeprefix(BATCHED)
     return copy
+
+
+def branch_selection(selection: dict[str, list[str]], batch: int) -> dict[str, list[str]]:
+    """The part of a joined file's recorded selection regions that lies in the branch for `batch` (the batch-one
+    graph's names carry PREFIX). Only for a joined file: in any other, no name carries it."""
+    return {region: [n for n in names if n.startswith(PREFIX) == (batch == 1)] for region, names in selection.items()}

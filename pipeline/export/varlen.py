@@ -2,15 +2,16 @@
 
 The exporter writes `tokengate::varlen_attention` (pipeline.models.varlen_op) as one placeholder node
 (`tokengate.varlen::VarlenAttention`); `expand_varlen_attention` replaces each with an `If` on whether every sample
-holds as many rows (always so at batch 1):
+holds as many rows (always so at batch 1, which a packed file runs in its batch-one graph instead, and whenever
+the samples keep equal counts):
 - then: the packed rows are a plain [B, L] layout, and attention runs batched with no loop;
 - else: a `Loop` over the batch slices each sample's rows, attends on [H, L, d], pads its output rows to the batch's
   largest count K (a scan output needs one shape; the padding is copies, not attention work), and the packed rows
   are gathered back.
 Each If names its output dims after itself: ONNX Runtime's memory planner takes tensors with equal dim names for
-equal sizes, and the blocks' head counts differ. Standard ops only, so the file runs on any ONNX Runtime. The loop costs a fixed ~22 small nodes per sample and
-block, so it pays only for long token sequences (`pipeline.models.packed.per_sample_attention_pays`; docs/method.md
-has the measurements). Float32 only.
+equal sizes, and the blocks' head counts differ. Standard ops only, so the file runs on any ONNX Runtime. The loop
+costs a fixed ~22 small nodes per sample and block, so it pays only for long token sequences
+(`pipeline.models.packed.per_sample_attention_pays`; docs/method.md has the measurements). Float32 only.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ class _Inputs(NamedTuple):
 
 def _expansion(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
     """An If over the placeholder's two cases (names prefixed by its own name and index): samples of one length
-    attend batched (`_uniform_branch`), which spares batch 1 the loop's bookkeeping, padding and gather;
+    attend batched (`_uniform_branch`), which spares equal counts the loop's bookkeeping, padding and gather;
     otherwise sample by sample (`_loop_branch`)."""
     io = _Inputs(*node.input)
     scale = next(a.f for a in node.attribute if a.name == "scale")

@@ -20,9 +20,9 @@ Choices that keep the exported graph cheap on ONNX Runtime's CPU provider (docs/
   take -1 for the data-dependent size, which saves shape nodes in every block.
 
 At batch 1 none of that bookkeeping is needed: a single sample's rows already are its per-sample view, with no
-padding to mask. `PackedForward(model, batch_one=True)` runs that case with no layout at all (no gathers into and
-out of the view, no masks, no key bias but the merge stage's sizes); the export ships it as the batch-1 branch of
-the file (pipeline/export/batch_one.py).
+padding to mask. `PackedForward(model, batch_one=True)` runs that case on a layout of lengths alone (no gathers into
+and out of the view, no masks, no key bias but a merge stage's sizes; only kept rows are gathered); the export ships
+it as the batch-1 branch of the file (pipeline/export/batch_one.py).
 
 `PackedForward(model)(images)` returns (logits, kept tokens per stage) like `forward_dropped`, with the same values
 up to float rounding (tests/models/test_packed.py).
@@ -52,7 +52,7 @@ def per_sample_attention_pays(model: GatedViT) -> bool:
 
 class Layout(NamedTuple):
     """Where each sample's tokens live in the packed rows. The batch-one layout (`batch_one_layout`) has no valid,
-    index, flat or bias: its rows are the per-sample view as they stand."""
+    index or flat, and a bias only after a merge stage (the sizes): its rows are the per-sample view as they stand."""
 
     valid: Optional[torch.Tensor]  # [B, K] bool: position j of sample b holds a token
     # [B * K] int64: the packed row of each position b * K + j; padding repeats the sample's first row
@@ -173,8 +173,8 @@ class Queries(NamedTuple):
 
     The last block's output feeds the head alone, so what such a stage drops are queries: its dropped tokens would
     be context rows read by this one block only. Instead of moving them into a context (new row order, key order
-    and key layout: about 60 graph nodes), the block keeps its keys where they are and gathers the query rows;
-    same values as the context path up to float summation order."""
+    and key layout: about 60 graph nodes), the block keeps its keys where they are and gathers the kept rows'
+    queries from one qkv product over every row; same values as the context path up to float summation order."""
 
     source: torch.Tensor  # [R'] int64: the packed row of each kept token (the query rows, sample after sample)
     layout: Layout  # where each sample's query rows are
@@ -205,19 +205,23 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     its context rows' (one K/V product over both, as `GatedAttention._with_context`); only its own tokens query and
     are scored. With `queries`, `h` and `layout` are every key row's, and only the rows `queries.source` query."""
     heads, dim = attn.num_heads, attn.head_dim
-    # At batch one a query-only block projects every row in one product and picks its queries from the view (one
-    # Gemm and a view fewer, for queries of rows it does not count: a few MACs against an ONNX Runtime node each)
-    pick = queries if queries is not None and context is None and layout.batch_one else None
-    if context is None and (queries is None or pick is not None):
+    if varlen and layout.batch_one:
+        raise ValueError("a batch-one layout has no packed offsets for per-sample attention (varlen=False)")
+    weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
+    if context is None and queries is None:
         qkv_rows, key_layout = attn.qkv(h), layout  # [R, 3C]: every row queries, and is a key and a value
         q_rows = kv_rows = None
-    else:
-        weight, bias, split = attn.qkv.weight, attn.qkv.bias, attn.attn_dim
+    elif context is None:  # queries only: one product over every row, then the kept rows' queries (one Gemm
+        # fewer, for queries of rows the MACs do not count: a few MACs against an ONNX Runtime node)
+        every = attn.qkv(h)  # [R, 3C]
+        q_rows, kv_rows = every[queries.source, :split], every[:, split:]
+        qkv_rows, key_layout, layout = None, layout, queries.layout
+    else:  # a context: the own and context rows are keys and values, only the own (or kept) rows query
         h_q = h if queries is None else h[queries.source]
         q_rows = F.linear(h_q, weight[:split], None if bias is None else bias[:split])  # [R, C]
-        both = h if context is None else take(torch.cat([h, context_h], dim=0), context.keys)
+        both = take(torch.cat([h, context_h], dim=0), context.keys)
         kv_rows = F.linear(both, weight[split:], None if bias is None else bias[split:])  # [Rk, 2C]
-        qkv_rows, key_layout = None, layout if context is None else context.key_layout
+        qkv_rows, key_layout = None, context.key_layout
         layout = layout if queries is None else queries.layout
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if varlen and not want_scores and plain_qk:
@@ -233,8 +237,6 @@ def packed_attention(attn: GatedAttention, h: torch.Tensor, layout: Layout, num_
     batch = layout.lengths.shape[0]
     if qkv_rows is not None:
         q, k, v = per_sample_view(qkv_rows, layout.index, batch, 3, heads).unbind(0)
-        if pick is not None:
-            q, layout = q.index_select(2, pick.source), pick.layout  # [H, 1, K, d]: the kept rows query
     else:
         q = per_sample_view(q_rows, layout.index, batch, 1, heads).squeeze(0)
         k, v = per_sample_view(kv_rows, key_layout.index, batch, 2, heads).unbind(0)
@@ -315,8 +317,8 @@ class PackedForward(nn.Module):
                     queries = Queries(source, query_layout)
                     if layout is None:  # the only stage: every sample's N tokens are its keys
                         full = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64, device=x.device)
-                        layout = batch_one_layout(full) if self.batch_one else layout_from_lengths(full, x.shape[1],
-                                                                                                   x.dtype)
+                        layout = (batch_one_layout(full) if self.batch_one
+                                  else layout_from_lengths(full, x.shape[1], x.dtype))
                 else:
                     rows, layout, context, sizes, lengths = self._select(rows, layout, scores, s, context, sizes)
                 kept.append(lengths)

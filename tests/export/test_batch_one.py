@@ -12,29 +12,51 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pipeline.config import Config, ModelConfig
+from pipeline.config import Config
 from pipeline.errors import TokenGateError
 from pipeline.export.batch_one import PREFIX, branch_model, is_joined
 from pipeline.export.metadata import ExportInfo, read_info
 from pipeline.export.onnx_export import export_onnx
-from tests.models.test_merge_stage import merge_model
+from pipeline.models.gated_vit import GatedViT
+from tests.models.test_merge_stage import TINY, merge_model, tiny_vit
 
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def joined(tmp_path_factory):
-    """A merge stage, a context stage and a stage before the last block (query rows only), exported packed."""
+def _queries_only() -> GatedViT:
+    """A merge stage and one context stage right before the last block: at batch one that block projects every row
+    in one product and picks the kept rows' queries (`packed_attention`'s pick)."""
+    model = GatedViT(tiny_vit(), stages=(3,), dropped_tokens="context", merge_block=0).eval()
+    with torch.no_grad():
+        model.thresholds.copy_(torch.tensor([-0.2, 1.0]))
+    return model
+
+
+@pytest.fixture(scope="module", params=["context", "queries-only"])
+def joined(request, tmp_path_factory):
+    """Exported packed: a merge stage, a context stage and a stage before the last block (the context then holds
+    rows), or a merge stage and the stage before the last block alone."""
     out = tmp_path_factory.mktemp("batch_one")
-    model = merge_model("context")
-    cfg = Config(model=ModelConfig(arch="vit_tiny_patch16_224", img_size=32, in_chans=3, num_classes=10,
-                                   patch_size=4, embed_dim=32, depth=4, num_heads=2))
-    path = export_onnx(model, "packed", out / "model.packed.onnx", ExportInfo.of(model, cfg, "packed", out, 20))
-    return model, path, out
+    model = merge_model("context") if request.param == "context" else _queries_only()
+    info = ExportInfo.of(model, Config(model=TINY), "packed", out, 20)
+    return model, export_onnx(model, "packed", out / "model.packed.onnx", info), out
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _nodes_run(path, images: np.ndarray, tmp_path) -> set[str]:
+    """The names of the nodes ONNX Runtime ran for one call of the file on `images` (from its profile)."""
+    import json
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / f"run{len(images)}")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"images": images})
+    events = json.loads(open(session.end_profiling()).read())
+    return {e["name"].removesuffix("_kernel_time") for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
 
 
 def test_the_batch_size_picks_the_branch(joined):
@@ -62,6 +84,19 @@ def test_the_batch_size_picks_the_branch(joined):
     assert read_info(path).passes["batch_one"] == 1
 
 
+def test_batch_one_runs_the_batch_one_graph_only(joined, tmp_path):
+    """Which graph runs, read from ONNX Runtime's profile: the batch-one graph's nodes at batch 1 and the batched
+    graph's at any other batch size (the outputs alone could not tell: the branches agree). ORT names the nodes it
+    creates itself, so each run is checked against the exported names of both graphs."""
+    _, path, _ = joined
+    proto = onnx.load(str(path))
+    one, batched = ({n.name for n in branch_model(proto, b).graph.node} for b in (1, 3))
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
+    at_one, at_three = _nodes_run(path, images[:1], tmp_path), _nodes_run(path, images, tmp_path)
+    assert len(at_one & one) > len(one) // 2 and not at_one & batched
+    assert len(at_three & batched) > len(batched) // 2 and not at_three & one
+
+
 def test_each_weight_is_stored_once(joined):
     """The branches read the outer initializers; the batch-one graph adds none of the model's weights."""
     model, path, _ = joined
@@ -75,7 +110,7 @@ def test_each_weight_is_stored_once(joined):
     assert all(np.prod(t.dims) < 256 for t in proto.graph.initializer if t.name.startswith(PREFIX))
 
 
-def test_a_file_without_the_branch_is_its_own_branch(joined, tmp_path):
+def test_a_file_without_the_branch_is_its_own_branch(joined):
     _, path, _ = joined
     plain = branch_model(onnx.load(str(path)), 3)
     assert not is_joined(plain) and branch_model(plain, 1) is plain

@@ -223,9 +223,8 @@ def test_weights_are_stored_once_and_read_straight(exported):
 def test_every_flavor_records_its_selection_nodes(exported):
     """The record is what the finder says of the written file: named nodes of that file, a decision per stage in
     `select` (TokenSelect, or the threshold comparison), the class-attention scoring in `scores`; none for dense."""
-    from pipeline.export.selection import selection_regions
-
     from pipeline.export.batch_one import branch_model
+    from pipeline.export.selection import selection_regions
 
     _, run, paths = exported
     stages = len(load_student(run).stages)

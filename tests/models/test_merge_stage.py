@@ -4,6 +4,7 @@ a merge stage before block 0 in every forward (dropped, packed, staged) and its 
 Tolerances: exact (hand-worked values, to float32 rounding: 1e-6) for the pure functions; 1e-5 for logits across
 batch compositions and forwards (DESIGN.md §3)."""
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,12 +57,14 @@ def test_proportional_attention_equals_duplicated_keys():
     assert torch.allclose(weighted, duplicated, atol=EXACT) and torch.allclose(explicit, duplicated, atol=EXACT)
 
 
+TINY = ModelConfig(arch="vit_tiny_patch16_224", img_size=32, in_chans=3, num_classes=10, patch_size=4, embed_dim=32,
+                   depth=4, num_heads=2)
+
+
 def tiny_vit(arch: str = "vit_tiny_patch16_224"):
-    """A 4-block ViT on 32x32 images, 64 patches."""
+    """A 4-block ViT on 32x32 images, 64 patches (`TINY`, with `arch`)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, img_size=32, in_chans=3, num_classes=10, patch_size=4, embed_dim=32, depth=4,
-                      num_heads=2)
-    vit = build_teacher(Config(model=cfg)).vit
+    vit = build_teacher(Config(model=replace(TINY, arch=arch))).vit
     with torch.no_grad():  # sharper random attention, so the pruning stages drop different counts
         for block in vit.blocks:
             block.attn.qkv.weight[: 2 * block.attn.attn_dim] *= 4.0

@@ -208,7 +208,10 @@ def test_final_context_stage_only_removes_queries(sliced_gated, fmnist_root, tmp
         logits, kept = model.forward_dropped(images)
         packed_logits, packed_kept = PackedForward(model)(images)
         singles = torch.cat([PackedForward(model)(images[i:i + 1])[0] for i in range(6)])
+        batch_one = [PackedForward(model, batch_one=True)(images[i:i + 1]) for i in range(6)]
     assert (kept[:, 0] < 16).all() and kept.float().std() > 0
     assert torch.equal(packed_kept, kept)
     assert (packed_logits - logits).abs().max() <= TOL
     assert (singles - packed_logits).abs().max() <= TOL
+    assert torch.equal(torch.cat([k for _, k in batch_one]), kept)  # the only stage, at batch one
+    assert (torch.cat([out for out, _ in batch_one]) - logits).abs().max() <= TOL
