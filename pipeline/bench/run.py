@@ -23,7 +23,7 @@ from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
 from pipeline.export.onnx_export import DEPLOY, export_passes
-from pipeline.export.metadata import is_current, read_info
+from pipeline.export.metadata import is_current
 from pipeline.export.run_export import artifact_path, export_run
 from pipeline.flops import gmacs
 from pipeline.runners.base import Runner, runtime_name
@@ -151,19 +151,12 @@ def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bo
     if runtime == "torch":
         return {"dense": run_dir / "teacher.safetensors", "student": run_dir / "student.safetensors"}
     wanted = ["dense", *flavors]
-    missing = [f for f in wanted if not _current(artifact_path(run_dir, f), f)]
+    missing = [f for f in wanted if not is_current(artifact_path(run_dir, f), export_passes(f))]
     if missing:
         log(f"exporting {', '.join(missing)}, missing or written by another version (tokengate export {run_dir} "
             f"--flavor {','.join(missing)})", show)
         export_run(run_dir, missing)
     return {f: artifact_path(run_dir, f) for f in wanted}
-
-
-def _current(path: Path, flavor: str) -> bool:
-    """A readable export with this version's metadata that records this version's passes: a file from before a pass
-    was added (e.g. a packed file without its batch-one branch) is exported again. A change inside a graph that adds
-    no pass goes unseen; delete the file to re-time it."""
-    return is_current(path) and set(read_info(path).passes) == set(export_passes(flavor))
 
 
 def open_runner(path: Path, runtime: str, opts: BenchOptions) -> Runner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import onnx
 
@@ -87,10 +87,11 @@ def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> Expo
         raise fail(f"{path} has incomplete TokenGate metadata ({exc})", "re-export it with `tokengate export`") from None
 
 
-def is_current(path: str | Path) -> bool:
-    """Whether `path` is a readable export with this version's metadata (what the bench re-exports when not)."""
+def is_current(path: str | Path, passes: Optional[Iterable[str]] = None) -> bool:
+    """Whether `path` is a readable export with this version's metadata and, given `passes`, one that records exactly
+    those graph passes (what the bench re-exports when not). A change inside a graph that adds no pass goes unseen."""
     try:
-        read_info(path)
+        info = read_info(path)
     except TokenGateError:
         return False
-    return True
+    return passes is None or set(info.passes) == set(passes)

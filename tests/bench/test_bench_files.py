@@ -26,6 +26,9 @@ def test_is_current_reads_the_format(tmp_path, fmnist_root):
     assert not is_current(_older(write_tiny(tmp_path, "plugin", cfg)))
     assert not is_current(write_tiny(tmp_path, "capped", cfg, tagged=False))
     assert not is_current(tmp_path / "model.packed.onnx")  # missing
+    packed = write_tiny(tmp_path, "packed", cfg)
+    assert is_current(packed, ["fold_weights", "varlen", "bias_gemm", "batch_one"])
+    assert not is_current(packed, ["fold_weights", "bias_gemm"])  # another version's passes
 
 
 def _without_pass(path, name):
