@@ -268,18 +268,24 @@ class ProfileShares:
                 "stages_found": self.stages, "runs": self.runs, "recorded_nodes_found": self.found}
 
 
+def run_kernels(events: list[dict], skip_runs: int = 1) -> tuple[list[dict], list[dict]]:
+    """From an ONNX Runtime profile: the model runs after the first `skip_runs` (warm-up), by start time, and the
+    kernel events from the first of them on."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[skip_runs:]
+    if not runs:
+        raise ValueError("the profile holds no model run after the warm-up")
+    return runs, [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+                  and e["ts"] >= runs[0]["ts"]]
+
+
 def parse_profile(events: list[dict], regions: Regions, graph_names: set[str], skip_runs: int = 1) -> ProfileShares:
     """Shares of kernel time per category over the model runs after the first `skip_runs` (warm-up).
 
     Each run's share is its own selection (scores) kernel time over its own run time, and the shares are the medians
     over runs: on a shared machine one run slowed by another process would otherwise weigh as much as all others."""
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                  key=lambda e: e["ts"])[skip_runs:]
-    if not runs:
-        raise ValueError("the profile holds no model run after the warm-up")
+    runs, kernels = run_kernels(events, skip_runs)
     starts = [float(r["ts"]) for r in runs]
-    kernels = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-               and e["ts"] >= starts[0]]
     total = float(sum(e["dur"] for e in kernels)) or 1.0
     select, scores = np.zeros(len(runs)), np.zeros(len(runs))
     matched = 0.0
@@ -325,14 +331,15 @@ class SelectionCost:
                           "alternating with the whole model (pipeline/bench/selection_share.py)"}
 
 
-def _branch_of(call: OrtRunner, batch: int) -> tuple[Optional[onnx.ModelProto], dict[str, list[str]]]:
-    """For a packed file with a batch-one branch, the branch that runs batches of `batch` as a model of its own and
-    the selection recorded for it (`batch_one.branch_model`, `branch_selection`); else None and the whole record."""
+def _graph_run(call: OrtRunner, batch: int) -> tuple[onnx.ModelProto, dict[str, list[str]], bool]:
+    """The graph that runs batches of `batch` in `call`'s file, the selection recorded for it, and whether it is a
+    branch: for a packed file with a batch-one branch that branch as a model of its own (`batch_one.branch_model`,
+    `branch_selection`), else the whole file and its whole record."""
     info: ExportInfo = call.info
     model = onnx.load(str(call.path))
     if not is_joined(model):
-        return None, info.selection
-    return branch_model(model, batch), branch_selection(info.selection, batch)
+        return model, info.selection, False
+    return branch_model(model, batch), branch_selection(info.selection, batch), True
 
 
 def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, reps: int = 3) -> SelectionCost:
@@ -349,8 +356,8 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     if info is None or not info.selection:
         raise fail(f"{call.path.name} records no selection nodes, so TokenSelect's share cannot be attributed",
                    "re-export it with this version (tokengate export RUN)")
-    branch, selection = _branch_of(call, batches[0].shape[0])
-    analysed = call.path if branch is None else write_onnx(branch, Path(f"{prefix}.branch.onnx"))
+    graph, selection, is_branch = _graph_run(call, batches[0].shape[0])
+    analysed = write_onnx(graph, Path(f"{prefix}.branch.onnx")) if is_branch else call.path
     try:
         profiled = OrtRunner(analysed, call.runtime, threads=call.threads, stop_spinning_after_run=True,
                              profile_prefix=prefix)
@@ -364,8 +371,7 @@ def selection_cost(call: OrtRunner, batches: Sequence[np.ndarray], prefix: str, 
     saved = profiled.optimized is not None and profiled.optimized.is_file()
     try:
         events = json.loads(trace.read_text())
-        model = onnx.load(str(profiled.optimized)) if saved else branch if branch is not None else \
-            onnx.load(str(call.path))
+        model = onnx.load(str(profiled.optimized)) if saved else graph
     finally:
         trace.unlink(missing_ok=True)
         if profiled.optimized is not None:

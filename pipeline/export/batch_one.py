@@ -151,6 +151,12 @@ def _outer_output(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return copy
 
 
+def join_selection(general: dict[str, list[str]], batch_one: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The selection regions of a joined file from those of its two graphs: the batched graph's names as they are,
+    then the batch-one graph's under PREFIX, as `join_on_batch_one` renames its nodes (`branch_selection` splits)."""
+    return {region: names + [PREFIX + n for n in batch_one.get(region, ())] for region, names in general.items()}
+
+
 def branch_selection(selection: dict[str, list[str]], batch: int) -> dict[str, list[str]]:
     """The part of a joined file's recorded selection regions that lies in the branch for `batch` (the batch-one
     graph's names carry PREFIX). Only for a joined file: in any other, no name carries it."""

@@ -31,7 +31,7 @@ from torch import nn
 from pipeline.artifacts import atomic_path
 from pipeline.errors import fail
 from pipeline.export import attention, schema, varlen
-from pipeline.export.batch_one import PREFIX as BATCH_ONE, join_on_batch_one
+from pipeline.export.batch_one import join_on_batch_one, join_selection
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.metadata import ExportInfo, attach
@@ -120,11 +120,9 @@ def _with_batch_one(model: GatedViT, general: onnx.ModelProto, passes: dict[str,
     single = trace_to_onnx(_Exported(model, PackedForward(model, batch_one=True)).eval(), info.input_shape, outputs,
                            opset, batch=1)
     single_passes = apply_passes(single)
-    single_selection = selection_regions(single)
+    selection = join_selection(selection, selection_regions(single))
     joined = join_on_batch_one(single, general)
     passes = {name: passes.get(name, 0) + single_passes.get(name, 0) for name in {**passes, **single_passes}}
-    selection = {region: names + [BATCH_ONE + n for n in single_selection.get(region, ())]
-                 for region, names in selection.items()}
     return joined, {**passes, "batch_one": 1}, selection
 
 
