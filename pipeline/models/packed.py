@@ -80,6 +80,12 @@ def take(rows: torch.Tensor, index: Optional[torch.Tensor], dim: int = 0) -> tor
     return rows if index is None else rows.index_select(dim, index)
 
 
+def view_rows(layout: Optional[Layout], positions: torch.Tensor) -> torch.Tensor:
+    """The packed rows at `positions` of the per-sample view [B * K]: the positions themselves before the first stage
+    (the plain layout) and at batch one, where the rows are the view."""
+    return positions if layout is None or layout.batch_one else layout.index[positions]
+
+
 def layout_of(lengths: torch.Tensor, dtype: torch.dtype, batch_one: bool, least: int = 0) -> Layout:
     """The packed layout of samples holding lengths[b] leading tokens, at least `least` in the longest; the
     batch-one layout when `batch_one`."""
@@ -357,7 +363,7 @@ class PackedForward(nn.Module):
         m = self.model
         mask = torch.cat([keep.new_ones(keep.shape[0], m.num_prefix), keep], dim=1)  # positions of the view
         chosen = mask.reshape(-1).nonzero().squeeze(1)
-        source = chosen if layout is None or layout.batch_one else layout.index[chosen]
+        source = view_rows(layout, chosen)
         lengths = mask.sum(dim=1)
         if self.batch_one:  # the exporter learns what packed_width tells it: the prefix plus at least one patch
             torch._check(source.shape[0] >= m.num_prefix + 1)
@@ -381,7 +387,7 @@ class PackedForward(nn.Module):
         dropped = torch.cat([keep.new_zeros(keep.shape[0], m.num_prefix), keep.logical_not()], dim=1)
         dropped = dropped if layout is None or layout.batch_one else dropped & layout.valid
         taken = dropped.reshape(-1).nonzero().squeeze(1)
-        dropped_source = taken if layout is None or layout.batch_one else layout.index[taken]
+        dropped_source = view_rows(layout, taken)
         dropped_rows = rows[dropped_source]
         dropped_sizes = None if sizes is None else sizes[dropped_source]
         dropped_lengths = dropped.sum(dim=1)
