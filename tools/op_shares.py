@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipeline.artifacts import write_json
+from pipeline.bench.selection_share import run_kernels
 from pipeline.errors import TokenGateError, fail
 from pipeline.runtime import session_options
 
@@ -71,15 +72,13 @@ def kernel_times(paths: Sequence[Path], batches: Sequence[np.ndarray], threads: 
         traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
     out = []
     for events in traces:
-        runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
-        warm_end = runs[0]["ts"] + runs[0]["dur"]  # the warm-up run's nodes are left out
+        runs, kernels = run_kernels(events)  # the warm-up run left out
         totals: Counter = Counter()
-        for event in events:
+        for event in kernels:
             op = event.get("args", {}).get("op_name")
-            if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and op not in CONTROL_FLOW
-                    and event["ts"] >= warm_end):
+            if op not in CONTROL_FLOW:
                 totals[op] += event["dur"]
-        out.append({op: total / (rounds * len(batches)) for op, total in totals.most_common()})
+        out.append({op: total / len(runs) for op, total in totals.most_common()})
     return out
 
 
