@@ -34,6 +34,7 @@ from pipeline.export import attention, schema, varlen
 from pipeline.export.batch_one import join_on_batch_one, join_selection
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
 from pipeline.export.fold_weights import fold_weight_views
+from pipeline.export.graph import subgraphs
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.export.selection import selection_regions
 from pipeline.models import GatedViT
@@ -48,6 +49,7 @@ MIN_OPSET = 18  # torch's dynamo exporter emits opset 18+; TokenSelect's neighbo
 TWO_GB = 2 * 1024**3
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "kept_tokens")
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # per-node metadata that trace_to_onnx drops
 
 
 class _Exported(nn.Module):
@@ -138,7 +140,23 @@ def trace_to_onnx(module: nn.Module, input_shape: Sequence[int], outputs: Sequen
             dynamic_shapes=dynamic, opset_version=opset, dynamo=True, optimize=True,
             custom_translation_table={**attention.TRANSLATION, **(translations or {})},
         )
-    return program.model_proto
+    proto = program.model_proto
+    _drop_stack_traces(proto.graph)
+    return proto
+
+
+def _drop_stack_traces(graph: onnx.GraphProto) -> None:
+    """Remove the exporter's per-node Python stack traces, in place. They name the exporting checkout's absolute
+    paths and line numbers, so the same graph exported from another checkout, or after an edit that moves a line,
+    would have other bytes and another sha256, and they are a quarter of a small model's file. The module names
+    each node came from stay (`namespace`, `pkg.torch.onnx.name_scopes`)."""
+    for node in graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key != STACK_TRACE]
+        if len(kept) < len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+        for inner in subgraphs(node):
+            _drop_stack_traces(inner)
 
 
 def export_passes(flavor: str) -> tuple[str, ...]:

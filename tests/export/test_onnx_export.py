@@ -113,6 +113,36 @@ def test_every_export_records_its_passes(exported):
         assert (passes["bias_gemm"] == 0) == (flavor == "packed" and all_rows), flavor
 
 
+def _node_metadata(graph: onnx.GraphProto) -> set[str]:
+    keys = set()
+    for node in graph.node:
+        keys |= {prop.key for prop in node.metadata_props}
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                keys |= _node_metadata(attr.g)
+    return keys
+
+
+def test_exports_name_no_checkout_path(exported):
+    """No stack traces of the exporting source tree (packed's branches included), so the bytes of an export do not
+    depend on where the checkout lies, and the same run exported again is the same file; the module each node came
+    from stays."""
+    from pathlib import Path
+
+    import pipeline
+    from pipeline.export.onnx_export import STACK_TRACE
+
+    _, run, paths = exported
+    checkout = str(Path(pipeline.__file__).resolve().parent).encode()
+    for flavor, path in paths.items():
+        keys = _node_metadata(onnx.load(str(path)).graph)
+        assert STACK_TRACE not in keys and "namespace" in keys, flavor
+        assert checkout not in path.read_bytes(), flavor
+    before = paths["dense"].read_bytes()
+    export_run(run, ["dense"])
+    assert paths["dense"].read_bytes() == before
+
+
 @pytest.mark.parametrize("flavor", ["native", "capped", "packed", "dense"])
 def test_onnxruntime_matches_pytorch(exported, flavor):
     cfg, run, paths = exported
