@@ -4,8 +4,13 @@
         new-dense=runs/bench/deit-s-224/model.dense.onnx new-packed=runs/bench/deit-s-224/model.packed.onnx \
         old-dense=OLD/dense.onnx old-packed=OLD/packed.onnx [--pair old-packed=old-dense] [--batch-sizes 1,16]
 
+A file given as PATH@B is the branch of a packed file that runs batches of B images, cut out as a model of its own
+(`pipeline.export.batch_one.branch_model`): `packed=P branch=P@1 --pair packed=branch` times what the If that
+chooses it costs at batch 1.
+
 The files may come from other checkouts of the project (no TokenGate metadata is needed): each runs through the
-bench's ORT runner and its interleaved rounds (`pipeline.bench.timing`) on the config's bench photos. Each file's
+bench's ORT runner and its interleaved rounds (`pipeline.bench.timing`: the files take turns batch by batch, in an
+order that rotates, so that no file always runs right after the same one) on the config's bench photos. Each file's
 speed is reported against `--baseline`, and each `--pair A=B` as A's speedup over B, so two builds' speedups over
 their own dense baselines can be compared within one run.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,6 +37,34 @@ def parse_named(items: Sequence[str], what: str) -> dict[str, str]:
             raise fail(f"{what} {item!r} is not NAME=VALUE", "e.g. new-packed=runs/bench/deit-s-224/model.packed.onnx")
         out[name] = value
     return out
+
+
+def branch_spec(value: str) -> tuple[Path, Optional[int]]:
+    """PATH, or PATH@B (the branch of PATH for batches of B images)."""
+    path, sep, batch = value.rpartition("@")
+    if sep and batch.isdigit() and int(batch) >= 1:
+        return Path(path), int(batch)
+    return Path(value), None
+
+
+def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> dict[str, Path]:
+    """The files to time: each PATH as it is, each PATH@B's branch written into `folder`."""
+    import onnx
+
+    from pipeline.export.batch_one import branch_model, is_joined
+
+    files = {}
+    for name, (path, batch) in specs.items():
+        if batch is None:
+            files[name] = path
+            continue
+        model = onnx.load(str(path))
+        if not is_joined(model):
+            raise fail(f"{path} has no batch-one branch to cut out (@{batch})",
+                       "pass a packed file that `tokengate export --flavor packed` wrote, or drop the @")
+        files[name] = folder / f"{name}.onnx"
+        onnx.save(branch_model(model, batch), str(files[name]))
+    return files
 
 
 def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int, threads: int,
@@ -65,18 +99,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)
     try:
-        files = {name: Path(p) for name, p in parse_named(args.files, "file").items()}
+        specs = {name: branch_spec(p) for name, p in parse_named(args.files, "file").items()}
         pairs = parse_named(args.pair, "--pair")
-        unknown = [n for n in [args.baseline, *pairs, *pairs.values()] if n not in files]
+        unknown = [n for n in [args.baseline, *pairs, *pairs.values()] if n not in specs]
         if unknown:
-            raise fail(f"{', '.join(unknown)} is not one of the files' names", f"use one of {', '.join(files)}")
-        missing = [str(p) for p in files.values() if not p.is_file()]
+            raise fail(f"{', '.join(unknown)} is not one of the files' names", f"use one of {', '.join(specs)}")
+        missing = [str(p) for p, _ in specs.values() if not p.is_file()]
         if missing:
             raise fail(f"{', '.join(missing)} does not exist", "export the files first")
         cfg = load_target(args.config, ()).cfg
         images = load_images(cfg, "sample-photos", cfg.bench.num_images, cfg.bench.seed)
         sizes = [int(b) for b in args.batch_sizes.split(",")]
-        result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs)
+        with tempfile.TemporaryDirectory() as folder:
+            files = cut_branches(specs, Path(folder))
+            result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs)
+        result["files"] = {name: str(path) + ("" if batch is None else f"@{batch}")
+                           for name, (path, batch) in specs.items()}
     except TokenGateError as exc:
         print(f"python -m tools.ab_time: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ refusals of bad names (timings themselves are not asserted)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from pipeline.errors import TokenGateError
 from tests.conftest import tiny_config
 from tests.onnx_models import write_tiny
-from tools.ab_time import ab_time, main, parse_named
+from tools.ab_time import ab_time, branch_spec, cut_branches, main, parse_named
 
 
 def test_every_file_is_timed_and_compared(tmp_path, fmnist_root):
@@ -35,3 +36,27 @@ def test_names_must_be_name_equals_value():
 def test_cli_refuses_an_unknown_baseline(tmp_path, capsys):
     assert main(["a=" + str(tmp_path / "a.onnx"), "--config", "configs/deit-s-224.yaml", "--baseline", "z"]) == 2
     assert "z is not one of" in capsys.readouterr().err
+
+
+def test_a_branch_is_cut_out_as_a_file(tmp_path):
+    """PATH@B names the branch of a packed file that runs batches of B; a file without branches is refused."""
+    import onnx
+    import torch
+
+    from pipeline.config import Config
+    from pipeline.export.batch_one import branch_model
+    from pipeline.export.metadata import ExportInfo
+    from pipeline.export.onnx_export import export_onnx
+    from tests.models.test_merge_stage import TINY, merge_model
+
+    model = merge_model("discard")
+    packed = export_onnx(model, "packed", tmp_path / "model.packed.onnx",
+                         ExportInfo.of(model, Config(model=TINY), "packed", tmp_path, 20))
+    assert branch_spec(f"{packed}@1") == (packed, 1) and branch_spec("a@b.onnx") == (Path("a@b.onnx"), None)
+    files = cut_branches({"whole": (packed, None), "one": (packed, 1)}, tmp_path)
+    assert files["whole"] == packed
+    cut = onnx.load(str(files["one"]))
+    assert [n.name for n in cut.graph.node] == [n.name for n in branch_model(onnx.load(str(packed)), 1).graph.node]
+    dense = write_tiny(tmp_path / "d", "dense", tiny_config(tmp_path), tagged=False)
+    with pytest.raises(TokenGateError, match="no batch-one branch"):
+        cut_branches({"x": (dense, 1)}, tmp_path)
