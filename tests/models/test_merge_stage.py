@@ -112,7 +112,7 @@ def test_merge_thresholds_at_the_extremes():
 def test_staged_forward_follows_the_merge_stage():
     model = merge_model()
     images = torch.randn(6, 3, 32, 32)
-    thresholds = [float(t) for t in model.thresholds]
+    thresholds = [float(t) for t in model.thresholds.detach()]
     out = StagedForward(model, images, batch_size=4).run(lambda s, pooled: thresholds[s])
     with torch.no_grad():
         logits, lengths = model.forward_dropped(images)
