@@ -58,7 +58,11 @@ def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> 
         if batch is None:
             files[name] = path
             continue
-        model = onnx.load(str(path))
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # onnx raises DecodeError and others for bytes that are not a model
+            raise fail(f"{path} is not a readable ONNX file ({type(exc).__name__})",
+                       "pass a packed file that `tokengate export --flavor packed` wrote") from None
         if not is_joined(model):
             raise fail(f"{path} has no batch-one branch to cut out (@{batch})",
                        "pass a packed file that `tokengate export --flavor packed` wrote, or drop the @")

@@ -60,3 +60,6 @@ def test_a_branch_is_cut_out_as_a_file(tmp_path):
     dense = write_tiny(tmp_path / "d", "dense", tiny_config(tmp_path), tagged=False)
     with pytest.raises(TokenGateError, match="no batch-one branch"):
         cut_branches({"x": (dense, 1)}, tmp_path)
+    (tmp_path / "notes.onnx").write_text("not a model")
+    with pytest.raises(TokenGateError, match="not a readable ONNX file"):
+        cut_branches({"x": (tmp_path / "notes.onnx", 1)}, tmp_path)
