@@ -30,7 +30,6 @@ import numpy as np
 from pipeline.artifacts import write_json
 from pipeline.bench.selection_share import run_kernels
 from pipeline.errors import TokenGateError, fail
-from pipeline.runtime import session_options
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})  # their time is their body's, profiled node by node
 GEMM = "Gemm"
@@ -52,24 +51,21 @@ class OpShares:
 def kernel_times(paths: Sequence[Path], batches: Sequence[np.ndarray], threads: int,
                  rounds: int = 3) -> list[dict[str, float]]:
     """Kernel time per op type per batch (microseconds) of each file, the files taking turns batch by batch (so a
-    machine that slows down slows them alike), after one warm-up pass."""
-    from pipeline.runtime import import_onnxruntime
+    machine that slows down slows them alike), after one warm-up pass. Each file runs through `OrtRunner` under
+    ONNX Runtime's profiler, as the bench's selection share does."""
+    from pipeline.runners.ort_runner import OrtRunner
 
-    ort = import_onnxruntime()
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = []
-        for i, path in enumerate(paths):
-            options = session_options(threads, stop_spinning_after_run=True)
-            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / f"profile{i}")
-            sessions.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
-        name = sessions[0].get_inputs()[0].name
-        for session in sessions:
-            session.run(None, {name: batches[0]})
+        runners = [OrtRunner(path, threads=threads, stop_spinning_after_run=True,
+                             profile_prefix=str(Path(tmp) / f"profile{i}")) for i, path in enumerate(paths)]
+        for runner in runners:
+            runner.infer(batches[0])
         for _ in range(rounds):
             for images in batches:
-                for session in sessions:
-                    session.run(None, {name: images})
-        traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
+                for runner in runners:
+                    runner.infer(images)
+        traces = [json.loads(Path(runner.end_profiling()).read_text()) for runner in runners]
+        del runners
     out = []
     for events in traces:
         runs, kernels = run_kernels(events)  # the warm-up run left out
