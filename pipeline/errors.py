@@ -6,9 +6,15 @@ and exits with status 2, never a traceback from deep inside a library. The messa
 
 
 class TokenGateError(Exception):
-    """A problem with the user's input, config or artifacts, stated with its fix."""
+    """A problem with the user's input, config or artifacts, stated with its fix. `problem` and `fix` stay apart,
+    so a caller that knows more context can restate the problem with its own fix."""
+
+    def __init__(self, message: str, problem: str = "", fix: str = ""):
+        super().__init__(message)
+        self.problem, self.fix = problem or message, fix
 
 
 def fail(problem: str, fix: str) -> TokenGateError:
     """Build an error whose one-line message says what is wrong and what to do about it."""
-    return TokenGateError(f"{problem.rstrip('.')}. Fix: {fix}")
+    problem = problem.rstrip(".")
+    return TokenGateError(f"{problem}. Fix: {fix}", problem, fix)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.config import Config
 from pipeline.export import schema
+from pipeline.export.exporter_id import exporter_id
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.export.onnx_export import export_passes
 
@@ -109,7 +110,8 @@ def tiny_model(flavor: str, cfg: Config, run_dir: Path, tagged: bool = True) -> 
                                  config=cfg.to_dict(), stages=[1], thresholds=[0.0], min_keep=1, num_prefix=1,
                                  caps=[TOKENS - 1] if flavor == "capped" else None,
                                  truncation_rate=0.0 if flavor == "capped" else None, input_shape=[1, 4, 4],
-                                 opset=20, run_dir=str(run_dir), passes=dict.fromkeys(export_passes(flavor), 0)))
+                                 opset=20, run_dir=str(run_dir), passes=dict.fromkeys(export_passes(flavor), 0),
+                                 exporter=exporter_id()))
     return proto
 
 

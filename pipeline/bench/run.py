@@ -1,9 +1,10 @@
 """The whole `tokengate bench`: the run directory, its exported files, parity, timed rounds, top-1, then bench.json.
 
-It times the files a user ships. A trained run's `model.<flavor>.onnx` files are timed as they are, and the missing
-ones (or ones another version wrote) are exported first through `tokengate export`'s own code (`export_run`); a config first becomes a run directory
-(`prepare.bench_run`). Each file runs through `pipeline.runners`, as `tokengate validate` runs it, and is checked
-against its PyTorch reference with validate's comparison and tolerance before it is timed.
+It times the files a user ships. A trained run's `model.<flavor>.onnx` files are timed as they are; the missing ones,
+and ones another exporter wrote (`pipeline.export.exporter_id`), are exported first through `tokengate export`'s own
+code (`export_run`). A config first becomes a run directory (`prepare.bench_run`). Each file runs through
+`pipeline.runners`, as `tokengate validate` runs it, and is checked against its PyTorch reference with validate's
+comparison and tolerance before it is timed.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.bench.target import load_target
 from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
-from pipeline.export.onnx_export import DEPLOY, export_passes
+from pipeline.export.onnx_export import DEPLOY
 from pipeline.export.metadata import is_current
 from pipeline.export.run_export import artifact_path, export_run
 from pipeline.flops import gmacs
@@ -146,14 +147,14 @@ def choose_flavors(runtime: str, asked: Optional[Sequence[str]]) -> tuple[str, .
 
 
 def exported_files(run_dir: Path, runtime: str, flavors: Sequence[str], show: bool) -> dict[str, Path]:
-    """{row name: file}: dense first, then each flavor; missing files, and files another version wrote, are exported
+    """{row name: file}: dense first, then each flavor; missing files, and files another exporter wrote, are exported
     with `export_run`. The torch runtime times the checkpoints themselves."""
     if runtime == "torch":
         return {"dense": run_dir / "teacher.safetensors", "student": run_dir / "student.safetensors"}
     wanted = ["dense", *flavors]
-    missing = [f for f in wanted if not is_current(artifact_path(run_dir, f), export_passes(f))]
+    missing = [f for f in wanted if not is_current(artifact_path(run_dir, f))]
     if missing:
-        log(f"exporting {', '.join(missing)}, missing or written by another version (tokengate export {run_dir} "
+        log(f"exporting {', '.join(missing)}, missing or written by another exporter (tokengate export {run_dir} "
             f"--flavor {','.join(missing)})", show)
         export_run(run_dir, missing)
     return {f: artifact_path(run_dir, f) for f in wanted}

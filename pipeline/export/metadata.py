@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import onnx
 
 from pipeline.config import Config, config_from_dict
 from pipeline.errors import TokenGateError, fail
+from pipeline.export.exporter_id import exporter_id
 
 PREFIX = "tokengate."
 FORMAT_VERSION = 3  # 2: the selection regions; 3: the baseline record (and the merge stage's stages and sizes)
@@ -38,6 +39,8 @@ class ExportInfo:
     # A baseline written beside the run's flavors to be timed against them (`calib.tome_export`): its method, its
     # settings and its MACs per image (it has no kept-token output to count them from); None for our flavors
     baseline: Optional[dict] = None
+    # The exporter that wrote the file (pipeline.export.exporter_id): the bench re-exports a file another one wrote
+    exporter: str = ""
 
     def run_config(self) -> Config:
         return config_from_dict(self.config)
@@ -82,16 +85,22 @@ def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> Expo
         raise fail(f"{path} uses TokenGate metadata version {props['format']}", "re-export it with this version")
     fields = {k: json.loads(v) for k, v in props.items() if k != "format"}
     try:
-        return ExportInfo(**fields)
+        info = ExportInfo(**fields)
     except TypeError as exc:
         raise fail(f"{path} has incomplete TokenGate metadata ({exc})", "re-export it with `tokengate export`") from None
+    try:
+        info.run_config()
+    except TokenGateError as exc:
+        raise fail(f"{path} records a run config this version cannot read: {exc.problem}",
+                   f"re-export it with this version: tokengate export {info.run_dir} --flavor {info.flavor}") from None
+    return info
 
 
-def is_current(path: str | Path, passes: Optional[Iterable[str]] = None) -> bool:
-    """Whether `path` is a readable export with this version's metadata and, given `passes`, one that records exactly
-    those graph passes (what the bench re-exports when not). A change inside a graph that adds no pass goes unseen."""
+def is_current(path: str | Path) -> bool:
+    """Whether `path` is a readable export that this exporter wrote (pipeline.export.exporter_id): what the bench
+    times as it is, and re-exports when not."""
     try:
         info = read_info(path)
     except TokenGateError:
         return False
-    return passes is None or set(info.passes) == set(passes)
+    return info.exporter == exporter_id()

@@ -33,6 +33,7 @@ from pipeline.errors import fail
 from pipeline.export import attention, schema, varlen
 from pipeline.export.batch_one import join_on_batch_one, join_selection
 from pipeline.export.bias_gemm import fuse_bias_into_gemm
+from pipeline.export.exporter_id import exporter_id
 from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.graph import subgraphs
 from pipeline.export.metadata import ExportInfo, attach
@@ -111,7 +112,7 @@ def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo
     selection = {} if flavor == "dense" else selection_regions(proto)
     if flavor == "packed":
         proto, passes, selection = _with_batch_one(model, proto, passes, selection, info, outputs, opset)
-    attach(proto, replace(info, passes=passes, selection=selection))
+    attach(proto, replace(info, passes=passes, selection=selection, exporter=exporter_id()))
     return write_onnx(proto, path)
 
 
@@ -160,8 +161,7 @@ def _drop_stack_traces(graph: onnx.GraphProto) -> None:
 
 
 def export_passes(flavor: str) -> tuple[str, ...]:
-    """The graph passes an export of `flavor` runs and records (module docstring): a file recording others was
-    written by another version of the exporter."""
+    """The graph passes an export of `flavor` runs and records (module docstring)."""
     return ("fold_weights", "varlen", "bias_gemm", "batch_one") if flavor == "packed" else ("fold_weights", "bias_gemm")
 
 

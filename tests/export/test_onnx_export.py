@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import TokenGateError
+from pipeline.export.exporter_id import exporter_id
 from pipeline.export.metadata import read_info
 from pipeline.export.onnx_export import export_passes
 from pipeline.export.run_export import export_run
@@ -101,10 +102,11 @@ def test_metadata_records_what_later_stages_need(exported):
     assert read_info(paths["dense"]).model == "teacher"
 
 
-def test_every_export_records_its_passes(exported):
+def test_every_export_records_its_passes_and_exporter(exported):
     _, run, paths = exported
     all_rows = load_student(run).stages[0] == 0  # packed from a stage before block 0: every linear layer is 2-D
     for flavor, path in paths.items():
+        assert read_info(path).exporter == exporter_id(), flavor
         passes = read_info(path).passes
         assert set(passes) == set(export_passes(flavor)), flavor
         assert set(export_passes(flavor)) == ({"fold_weights", "varlen", "bias_gemm", "batch_one"} if flavor == "packed"
