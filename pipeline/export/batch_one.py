@@ -128,9 +128,10 @@ def _hoist_shared(one: onnx.GraphProto, general: onnx.GraphProto, outer: set[str
     known, taken, renamed = set(outer), [], {}
     branch_outputs = {o.name for o in [*one.output, *general.output]}
     for node in list(general.node):
+        if not all(t in known for t in node.input if t) or node.name in pinned or subgraphs(node):
+            continue
         twin = next((t for t in one.node if _signature(t) == _signature(node)), None)
-        if twin is None or node.name in pinned or twin.name in pinned or subgraphs(node) \
-                or not all(t in known for t in node.input if t) or branch_outputs & {*node.output, *twin.output}:
+        if twin is None or twin.name in pinned or branch_outputs & {*node.output, *twin.output}:
             continue
         shared = onnx.NodeProto()
         shared.CopyFrom(node)
@@ -139,13 +140,14 @@ def _hoist_shared(one: onnx.GraphProto, general: onnx.GraphProto, outer: set[str
         for graph, own in ((general, node), (one, twin)):
             renamed.update({t: SHARED + n for t, n in zip(own.output, node.output) if t})
             graph.node.remove(own)
-        for graph in (general, one):
+        for graph in (general, one):  # so that the twins of later nodes read the same names
             for reader in graph.node:
                 reader.input[:] = [renamed.get(t, t) for t in reader.input]
         taken.append(shared)
         known.update(shared.output)
-    for graph in (general, one):
-        kept = [info for info in graph.value_info if info.name not in renamed]
+    for graph in (general, one):  # readers inside subgraphs (a Loop's body) too; the moved values' infos go
+        _rename_graph(graph, lambda t: renamed.get(t, t))
+        kept = [info for info in graph.value_info if not info.name.startswith(SHARED)]
         del graph.value_info[:]
         graph.value_info.extend(kept)
     return taken

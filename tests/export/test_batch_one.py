@@ -130,25 +130,35 @@ def test_quantize_refuses_the_joined_file(joined):
     assert not (out / "q.onnx").exists()
 
 
-def _chain(last: str) -> onnx.ModelProto:
-    """images -> Relu -> Neg -> `last` -> logits, nodes named after their op."""
+def _chain(last: str, inner: bool = False) -> onnx.ModelProto:
+    """images -> Relu -> Neg -> `last` -> logits, nodes named after their op; `inner`: `last` inside an If's branch
+    (on a constant true) that reads Neg's output from the outer graph."""
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("Relu", ["images"], ["r"], name="relu"),
-             helper.make_node("Neg", ["r"], ["n"], name="neg"),
-             helper.make_node(last, ["n"], ["logits"], name=last.lower())]
+             helper.make_node("Neg", ["r"], ["n"], name="neg")]
+    if inner:
+        branch = helper.make_graph([helper.make_node(last, ["n"], ["b"], name="inner")], "branch", [],
+                                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["B", 3])])
+        nodes += [helper.make_node("Constant", [], ["yes"], name="yes", value=helper.make_tensor("t", TensorProto.BOOL,
+                                                                                                 [], [True])),
+                  helper.make_node("If", ["yes"], ["logits"], name="if", then_branch=branch, else_branch=branch)]
+    else:
+        nodes.append(helper.make_node(last, ["n"], ["logits"], name=last.lower()))
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
-@pytest.mark.parametrize("pinned, shared", [((), ["Relu", "Neg"]), (("neg",), ["Relu"]), (("relu",), [])])
-def test_shared_prefix_runs_once_before_the_if(pinned, shared):
+@pytest.mark.parametrize("pinned, shared, inner", [((), ["Relu", "Neg"], False), (("neg",), ["Relu"], False),
+                                                   (("relu",), [], False), ((), ["Relu", "Neg", "Constant"], True)])
+def test_shared_prefix_runs_once_before_the_if(pinned, shared, inner):
     """The nodes both graphs begin with leave the branches, in order, unless pinned (a recorded selection node);
-    the first that differs (Abs against Identity) and all after it stay; both branches still compute their own."""
+    the first that differs (Abs against Identity) and all after it stay, and read the moved values under their new
+    names, inside a subgraph too (`inner`); both branches still compute their own."""
     from pipeline.export.batch_one import join_on_batch_one
 
-    joined, count = join_on_batch_one(_chain("Identity"), _chain("Abs"), pinned)
+    joined, count = join_on_batch_one(_chain("Identity", inner), _chain("Abs", inner), pinned)
     onnx.checker.check_model(joined)
     assert count == len(shared) and [n.op_type for n in joined.graph.node][:-3] == shared
     assert all(n.name.startswith(SHARED) for n in joined.graph.node[:count])
