@@ -9,18 +9,14 @@ and joins them under one If on the batch size:
     images -> Shape[0] == 1 -> If(then: the batch-one graph, else: the general graph) -> logits, kept_tokens
 
 Both branches read one copy of each weight (initializers are shared by content, whatever their names), so the file
-grows by the batch-one graph's nodes only. The nodes both graphs begin with, the same op on the same inputs (the
-patch embedding's Conv), run once before the If (`shared/` names): ONNX Runtime CPU optimizes a top graph's Conv into
-its blocked-layout kernel and an If branch's not (DeiT-S: the file 1.01-1.02x faster at batch 1, 1.02-1.03x at 16).
-The batch-one branch's names carry the prefix `batch_one/` and the chooser's `batch_size/`; the general branch keeps
-its own (only its outputs are renamed), so the selection regions recorded for it still name its nodes
-(`branch_selection` splits the record; selection nodes are never shared).
+grows by the batch-one graph's nodes only. The batch-one branch's names carry the prefix `batch_one/` and the
+chooser's `batch_size/`; the general branch keeps its own (only its outputs are renamed), so the selection regions
+recorded for it still name its nodes (`branch_selection` splits the record).
 `branch_model` cuts either branch back out as a model of its own, for tools that analyse one flat graph.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -31,7 +27,6 @@ from pipeline.export.graph import node_reads, subgraphs
 PREFIX = "batch_one/"  # names in the batch-one branch
 BATCHED = "batched/"  # the general branch's outputs (its other names are kept)
 CHOOSER = "batch_size/"  # the nodes and values that choose the branch
-SHARED = "shared/"  # nodes both graphs begin with, run once before the If
 IF_NAME = f"{CHOOSER}choose"
 
 
@@ -65,11 +60,9 @@ def _branch(graph: onnx.GraphProto, name: str) -> onnx.GraphProto:
     return branch
 
 
-def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto,
-                      pinned: Iterable[str] = ()) -> tuple[onnx.ModelProto, int]:
+def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto) -> onnx.ModelProto:
     """One model that runs `batch_one` on a batch of one image and `general` on any other batch (module docstring).
-    Both must have the same input and outputs; their graph passes have run. Nodes named in `pinned` (either graph's
-    own names) stay in their branch. Returns a new model and the number of nodes the two graphs share."""
+    Both must have the same input and outputs; their graph passes have run. Returns a new model."""
     if [i.name for i in batch_one.graph.input] != [i.name for i in general.graph.input] or \
             [o.name for o in batch_one.graph.output] != [o.name for o in general.graph.output]:
         raise ValueError("the batch-one and batched graphs must have the same input and outputs, in one order")
@@ -95,13 +88,10 @@ def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto,
     outputs = [o.name for o in general.graph.output]
     del batch_one.graph.initializer[:]
     del general.graph.initializer[:]
-    pinned = set(pinned) | {PREFIX + name for name in pinned}
     _rename_graph(batch_one.graph, lambda t: t if t in ("", image) else own.get(t, PREFIX + t), PREFIX)
     _rename_graph(general.graph, lambda t: BATCHED + t if t in outputs else t)
-    shared_nodes = _hoist_shared(batch_one.graph, general.graph, {image, *(t.name for t in initializers)}, pinned)
     one = numpy_helper.from_array(np.array([1], np.int64), f"{CHOOSER}one")
     nodes = [
-        *shared_nodes,
         helper.make_node("Shape", [image], [f"{CHOOSER}batch"], name=f"{CHOOSER}batch", end=1),
         helper.make_node("Equal", [f"{CHOOSER}batch", one.name], [f"{CHOOSER}is_one"], name=f"{CHOOSER}is_one"),
         helper.make_node("If", [f"{CHOOSER}is_one"], outputs, name=IF_NAME,
@@ -117,51 +107,7 @@ def join_on_batch_one(batch_one: onnx.ModelProto, general: onnx.ModelProto,
                               producer_name=general.producer_name, producer_version=general.producer_version)
     model.ir_version = general.ir_version
     model.metadata_props.extend(general.metadata_props)
-    return model, len(shared_nodes)
-
-
-def _hoist_shared(one: onnx.GraphProto, general: onnx.GraphProto, outer: set[str],
-                  pinned: set[str]) -> list[onnx.NodeProto]:
-    """Take out of both graphs, in place, each node of `general` that reads outer values only (`outer`, and the
-    outputs of nodes already taken) and has a twin in `one`: same op, attributes and inputs, and neither pinned.
-    Both graphs then read the node's outputs under SHARED names. Returns the taken nodes, in order."""
-    known, taken, renamed = set(outer), [], {}
-    branch_outputs = {o.name for o in [*one.output, *general.output]}
-    for node in list(general.node):
-        if not all(t in known for t in node.input if t) or node.name in pinned or subgraphs(node):
-            continue
-        twin = next((t for t in one.node if _signature(t) == _signature(node)), None)
-        if twin is None or twin.name in pinned or branch_outputs & {*node.output, *twin.output}:
-            continue
-        shared = onnx.NodeProto()
-        shared.CopyFrom(node)
-        shared.name = SHARED + node.name
-        shared.output[:] = [SHARED + t if t else t for t in node.output]
-        for graph, own in ((general, node), (one, twin)):
-            renamed.update({t: SHARED + n for t, n in zip(own.output, node.output) if t})
-            graph.node.remove(own)
-        for graph in (general, one):  # so that the twins of later nodes read the same names
-            for reader in graph.node:
-                reader.input[:] = [renamed.get(t, t) for t in reader.input]
-        taken.append(shared)
-        known.update(shared.output)
-    for graph in (general, one):  # readers inside subgraphs (a Loop's body) too; the moved values' infos go
-        _rename_graph(graph, lambda t: renamed.get(t, t))
-        kept = [info for info in graph.value_info if not info.name.startswith(SHARED)]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
-    return taken
-
-
-def _signature(node: onnx.NodeProto) -> bytes:
-    """What a node computes, without its name and outputs: domain, op, inputs and attributes."""
-    bare = onnx.NodeProto()
-    bare.CopyFrom(node)
-    bare.name = ""
-    del bare.output[:]
-    del bare.metadata_props[:]
-    bare.ClearField("doc_string")
-    return bare.SerializeToString(deterministic=True)
+    return model
 
 
 def is_joined(model: onnx.ModelProto) -> bool:
@@ -181,7 +127,6 @@ def branch_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     _rename_graph(branch, lambda t: outer.get(t, t))  # the branch's outputs take the model's output names
     out = _copy(model)
     del out.graph.node[:]
-    out.graph.node.extend([n for n in model.graph.node if n.name.startswith(SHARED)])
     out.graph.node.extend(branch.node)
     del out.graph.value_info[:]
     out.graph.value_info.extend(branch.value_info)

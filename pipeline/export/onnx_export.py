@@ -11,8 +11,7 @@ dense: the teacher, no token selection: the speed baseline.
 Passes, in order, each recorded in the file's metadata (`passes`): `fold_weights` (weight views into initializers),
 `varlen` (packed only: per-sample attention placeholders into standard ops), `bias_gemm` (a linear layer's bias into
 a 2-D Gemm, which ONNX Runtime CPU fuses), and for packed `batch_one` (the batch-1 graph joined under an If; the
-other counts then add up both graphs') and `shared_prefix` (the nodes both graphs begin with, run once before the
-If). The token scoring and selection nodes of the final graph are recorded too
+other counts then add up both graphs'). The token scoring and selection nodes of the final graph are recorded too
 (`selection`, pipeline.export.selection; a packed file records both branches').
 """
 from __future__ import annotations
@@ -125,10 +124,9 @@ def _with_batch_one(model: GatedViT, general: onnx.ModelProto, passes: dict[str,
                            opset, batch=1)
     single_passes = apply_passes(single)
     selection = join_selection(selection, selection_regions(single))
-    pinned = {name for names in selection.values() for name in names}  # the regions stay where they are recorded
-    joined, shared = join_on_batch_one(single, general, pinned)
+    joined = join_on_batch_one(single, general)
     passes = {name: passes.get(name, 0) + single_passes.get(name, 0) for name in {**passes, **single_passes}}
-    return joined, {**passes, "batch_one": 1, "shared_prefix": shared}, selection
+    return joined, {**passes, "batch_one": 1}, selection
 
 
 def trace_to_onnx(module: nn.Module, input_shape: Sequence[int], outputs: Sequence[str], opset: int,
@@ -164,8 +162,7 @@ def _drop_stack_traces(graph: onnx.GraphProto) -> None:
 
 def export_passes(flavor: str) -> tuple[str, ...]:
     """The graph passes an export of `flavor` runs and records (module docstring)."""
-    return ("fold_weights", "varlen", "bias_gemm", "batch_one", "shared_prefix") if flavor == "packed" \
-        else ("fold_weights", "bias_gemm")
+    return ("fold_weights", "varlen", "bias_gemm", "batch_one") if flavor == "packed" else ("fold_weights", "bias_gemm")
 
 
 def apply_passes(proto: onnx.ModelProto, varlen_expansion: bool = False) -> dict[str, int]:

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from pipeline.config import Config
 from pipeline.errors import TokenGateError
-from pipeline.export.batch_one import PREFIX, SHARED, branch_model, is_joined
+from pipeline.export.batch_one import PREFIX, branch_model, is_joined
 from pipeline.export.metadata import ExportInfo, read_info
 from pipeline.export.onnx_export import export_onnx
 from pipeline.models.gated_vit import GatedViT
@@ -62,14 +62,12 @@ def _nodes_run(path, images: np.ndarray, tmp_path) -> set[str]:
 def test_the_batch_size_picks_the_branch(joined):
     model, path, _ = joined
     proto = onnx.load(str(path))
-    assert [n.op_type for n in proto.graph.node] == ["Conv", "Shape", "Equal", "If"] and is_joined(proto)
-    assert proto.graph.node[0].name.startswith(SHARED)  # the patch embedding both graphs begin with, run once
+    assert [n.op_type for n in proto.graph.node] == ["Shape", "Equal", "If"] and is_joined(proto)
     one, batched = branch_model(proto, 1), branch_model(proto, 5)
     ops = {n.op_type for n in one.graph.node}
     assert len(one.graph.node) < len(batched.graph.node)
     assert not ops & {"CumSum", "Range", "If", "Loop"}  # no layouts and no per-sample attention at batch one
-    assert all(n.name.startswith((PREFIX, SHARED)) for n in one.graph.node)
-    assert [n.op_type for n in one.graph.node].count("Conv") == [n.op_type for n in batched.graph.node].count("Conv")
+    assert all(n.name.startswith(PREFIX) for n in one.graph.node)
     full, alone, general = _session(proto), _session(one), _session(batched)
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -83,7 +81,7 @@ def test_the_batch_size_picks_the_branch(joined):
         assert np.array_equal(single[1], own[1]) and np.abs(single[0] - own[0]).max() <= TOL
         assert np.array_equal(single[1], other[1]) and np.abs(single[0] - other[0]).max() <= TOL
         assert np.abs(single[0] - logits[i:i + 1].numpy()).max() <= TOL
-    assert read_info(path).passes["batch_one"] == 1 and read_info(path).passes["shared_prefix"] == 1
+    assert read_info(path).passes["batch_one"] == 1
 
 
 def test_batch_one_runs_the_batch_one_graph_only(joined, tmp_path):
@@ -92,8 +90,7 @@ def test_batch_one_runs_the_batch_one_graph_only(joined, tmp_path):
     creates itself, so each run is checked against the exported names of both graphs."""
     _, path, _ = joined
     proto = onnx.load(str(path))
-    one, batched = ({n.name for n in branch_model(proto, b).graph.node if not n.name.startswith(SHARED)}
-                    for b in (1, 3))
+    one, batched = ({n.name for n in branch_model(proto, b).graph.node} for b in (1, 3))
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
     at_one, at_three = _nodes_run(path, images[:1], tmp_path), _nodes_run(path, images, tmp_path)
     assert len(at_one & one) > len(one) // 2 and not at_one & batched
@@ -128,45 +125,3 @@ def test_quantize_refuses_the_joined_file(joined):
         quantize_onnx(path, None, np.zeros((1, 3, 32, 32), np.float32), out=out / "q.onnx")
     assert "model.native.onnx" in str(refused.value)
     assert not (out / "q.onnx").exists()
-
-
-def _chain(last: str, inner: bool = False) -> onnx.ModelProto:
-    """images -> Relu -> Neg -> `last` -> logits, nodes named after their op; `inner`: `last` inside an If's branch
-    (on a constant true) that reads Neg's output from the outer graph."""
-    from onnx import TensorProto, helper
-
-    nodes = [helper.make_node("Relu", ["images"], ["r"], name="relu"),
-             helper.make_node("Neg", ["r"], ["n"], name="neg")]
-    if inner:
-        branch = helper.make_graph([helper.make_node(last, ["n"], ["b"], name="inner")], "branch", [],
-                                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["B", 3])])
-        nodes += [helper.make_node("Constant", [], ["yes"], name="yes", value=helper.make_tensor("t", TensorProto.BOOL,
-                                                                                                 [], [True])),
-                  helper.make_node("If", ["yes"], ["logits"], name="if", then_branch=branch, else_branch=branch)]
-    else:
-        nodes.append(helper.make_node(last, ["n"], ["logits"], name=last.lower()))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-
-
-@pytest.mark.parametrize("pinned, shared, inner", [((), ["Relu", "Neg"], False), (("neg",), ["Relu"], False),
-                                                   (("relu",), [], False), ((), ["Relu", "Neg", "Constant"], True)])
-def test_shared_prefix_runs_once_before_the_if(pinned, shared, inner):
-    """The nodes both graphs begin with leave the branches, in order, unless pinned (a recorded selection node);
-    the first that differs (Abs against Identity) and all after it stay, and read the moved values under their new
-    names, inside a subgraph too (`inner`); both branches still compute their own."""
-    from pipeline.export.batch_one import join_on_batch_one
-
-    joined, count = join_on_batch_one(_chain("Identity", inner), _chain("Abs", inner), pinned)
-    onnx.checker.check_model(joined)
-    assert count == len(shared) and [n.op_type for n in joined.graph.node][:-3] == shared
-    assert all(n.name.startswith(SHARED) for n in joined.graph.node[:count])
-    session = _session(joined)
-    images = np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)
-    expected = -np.maximum(images, 0)
-    assert np.array_equal(session.run(None, {"images": images[:1]})[0], expected[:1])  # Identity: the batch-one graph
-    assert np.array_equal(session.run(None, {"images": images})[0], np.abs(expected))  # Abs: the general graph
-    for batch in (1, 2):
-        alone = _session(branch_model(joined, batch)).run(None, {"images": images[:batch]})[0]
-        assert np.array_equal(alone, expected[:1] if batch == 1 else np.abs(expected))

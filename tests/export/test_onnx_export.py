@@ -109,10 +109,8 @@ def test_every_export_records_its_passes_and_exporter(exported):
         assert read_info(path).exporter == exporter_id(), flavor
         passes = read_info(path).passes
         assert set(passes) == set(export_passes(flavor)), flavor
-        assert set(export_passes(flavor)) == ({"fold_weights", "varlen", "bias_gemm", "batch_one", "shared_prefix"}
-                                              if flavor == "packed" else {"fold_weights", "bias_gemm"})
-        if flavor == "packed":  # the patch embedding's Conv, which both of its graphs begin with
-            assert passes["shared_prefix"] == 1, flavor
+        assert set(export_passes(flavor)) == ({"fold_weights", "varlen", "bias_gemm", "batch_one"} if flavor == "packed"
+                                              else {"fold_weights", "bias_gemm"})
         # every ViT has linear layers with a bias, on [B, N, C] activations unless they are packed rows throughout
         assert (passes["bias_gemm"] == 0) == (flavor == "packed" and all_rows), flavor
 
@@ -257,7 +255,7 @@ def test_weights_are_stored_once_and_read_straight(exported):
 def test_every_flavor_records_its_selection_nodes(exported):
     """The record is what the finder says of the written file: named nodes of that file, a decision per stage in
     `select` (TokenSelect, or the threshold comparison), the class-attention scoring in `scores`; none for dense."""
-    from pipeline.export.batch_one import SHARED, branch_model
+    from pipeline.export.batch_one import branch_model
     from pipeline.export.selection import selection_regions
 
     _, run, paths = exported
@@ -272,9 +270,7 @@ def test_every_flavor_records_its_selection_nodes(exported):
         graphs = [branch_model(model, 2), branch_model(model, 1)] if flavor == "packed" else [model]
         found = [selection_regions(graph) for graph in graphs]
         assert recorded == {region: [n for f in found for n in f[region]] for region in recorded}, flavor
-        # the nodes the two packed graphs share (before the If) appear in both cut-out branches: count them once
-        names = [n.name for i, graph in enumerate(graphs) for n in graph.graph.node
-                 if not (i and n.name.startswith(SHARED))]
+        names = [n.name for graph in graphs for n in graph.graph.node]
         assert len(set(names)) == len(names) and "" not in names, flavor
         types = {n.name: n.op_type for graph in graphs for n in graph.graph.node}
         select, scores = recorded["select"], recorded["scores"]
