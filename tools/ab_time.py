@@ -72,11 +72,13 @@ def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> 
 
 
 def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int, threads: int,
-            baseline: str, pairs: dict[str, str]) -> dict:
-    """Median seconds per batch of every file at every batch size, and the speedups asked for."""
+            baseline: str, pairs: dict[str, str], sessions: int = 3) -> dict:
+    """Median seconds per batch of every file at every batch size, and the speedups asked for; `sessions` sessions
+    of each file take turns round by round, as in `tokengate bench`."""
     from pipeline.runners.ort_runner import OrtRunner
 
-    runners = {name: OrtRunner(path, threads=threads, spin=False, ours=False) for name, path in files.items()}
+    runners = {name: [OrtRunner(path, threads=threads, spin=False, ours=False) for _ in range(sessions)]
+               for name, path in files.items()}
     timings = run_rounds(runners, pool, batch_sizes, rounds)
     rows = {}
     for batch in batch_sizes:
@@ -85,7 +87,7 @@ def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int]
                        "vs_baseline": {k: median[baseline] / v for k, v in median.items()},
                        "pairs": {f"{a}/{b}": median[b] / median[a] for a, b in pairs.items()}}
     return {"files": {k: str(v) for k, v in files.items()}, "baseline": baseline, "rounds": rounds,
-            "threads": threads, "images": len(pool), "batches": rows}
+            "sessions": sessions, "threads": threads, "images": len(pool), "batches": rows}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -99,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A=B", help="also report A's speedup over B")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--sessions", type=int, default=3, help="sessions per file, taking turns round by round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)
@@ -108,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         unknown = [n for n in [args.baseline, *pairs, *pairs.values()] if n not in specs]
         if unknown:
             raise fail(f"{', '.join(unknown)} is not one of the files' names", f"use one of {', '.join(specs)}")
+        if args.rounds < 1 or args.sessions < 1:
+            raise fail("--rounds and --sessions must be positive", "e.g. --rounds 8 --sessions 3")
         missing = [str(p) for p, _ in specs.values() if not p.is_file()]
         if missing:
             raise fail(f"{', '.join(missing)} does not exist", "export the files first")
@@ -116,7 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         with tempfile.TemporaryDirectory() as folder:
             files = cut_branches(specs, Path(folder))
-            result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs)
+            result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs,
+                             args.sessions)
         result["files"] = {name: str(path) + ("" if batch is None else f"@{batch}")
                            for name, (path, batch) in specs.items()}
     except TokenGateError as exc:

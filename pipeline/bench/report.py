@@ -49,7 +49,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     """Tables for people: one per batch size, then the files timed, which flavor to deploy where, and the method."""
     lines = [f"# tokengate bench: {report['target']}", "",
              f"Runtime **{report['runtime']}** on {report['device']}: the files of {report['run_dir']}. "
-             f"{report['rounds']} interleaved rounds, each over the same batches (the image pool: "
+             f"{report['rounds']} interleaved rounds over {report.get('sessions', 1)} session(s) per file taking "
+             f"turns, each round over the same batches (the image pool: "
              f"{', '.join(f'{n} of {b}' for b, n in report['batches_per_round'].items())}); "
              f"machine load average {report['machine']['load_before'][0]:.2f} before, "
              f"{report['machine']['load_after'][0]:.2f} after ({report['machine']['cpus']} CPUs).", ""]

@@ -66,18 +66,21 @@ def warm_up(calls: Mapping[str, Runner], pool: np.ndarray, batch: int, seconds: 
             spent, runs = spent + took, runs + 1
 
 
-def run_rounds(calls: Mapping[str, Runner], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int,
-               warmup_s: float = 1.0, show: bool = True) -> Timings:
+def run_rounds(calls: Mapping[str, Runner | Sequence[Runner]], pool: np.ndarray, batch_sizes: Sequence[int],
+               rounds: int, warmup_s: float = 1.0, show: bool = True) -> Timings:
     """Time every model at every batch size, interleaved batch by batch.
 
     Args:
-        calls: row name -> runner.
+        calls: row name -> runner, or several sessions of one file that take turns round by round (round r runs
+            session r mod K), so that the rounds' spread includes what the session itself moves (docs/bench.md).
         pool: float32 [N, C, H, W] images; each round runs every model on all of `batches_per_round` batches.
     """
-    names = list(calls)
+    sessions = {name: list(call) if isinstance(call, (list, tuple)) else [call] for name, call in calls.items()}
+    names = list(sessions)
     out = Timings(batches={b: batches_per_round(len(pool), b) for b in batch_sizes})
     for batch in batch_sizes:
-        warm_up(calls, pool, batch, warmup_s)
+        for k in range(max(map(len, sessions.values()))):
+            warm_up({name: own[k] for name, own in sessions.items() if k < len(own)}, pool, batch, warmup_s)
         for name in names:
             out.seconds[(name, batch)] = np.zeros((rounds, out.batches[batch]))
     bar = progress(total=rounds * sum(out.batches.values()), desc="timed batches", disable=not show, leave=False)
@@ -87,7 +90,7 @@ def run_rounds(calls: Mapping[str, Runner], pool: np.ndarray, batch_sizes: Seque
                 images = batch_at(pool, batch, i)
                 shift = (r + i) % len(names)
                 for name in names[shift:] + names[:shift]:
-                    took, kept = time_once(calls[name], images)
+                    took, kept = time_once(sessions[name][r % len(sessions[name])], images)
                     out.seconds[(name, batch)][r, i] = took
                     if r == 0 and kept is not None and kept.size:
                         out.waste.setdefault((name, batch), []).append(

@@ -1,5 +1,5 @@
 """tokengate bench RUN_OR_CONFIG [MORE ...] [--runtime R] [--flavors F,..] [--batch-sizes 1,8,32] [--rounds N]
-[--json F] [--md F] [--plot F]
+[--sessions K] [--json F] [--md F] [--plot F]
 
 Times the files a user ships: a run's model.dense.onnx against each of its model.<flavor>.onnx (exported first when
 missing). A config first becomes a run directory under --run-root.
@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,8,32", help="comma list (default 1,8,32)")
     p.add_argument("--rounds", type=int, default=10,
                    help="timed rounds; each runs every model on every batch of the image pool (default 10)")
+    p.add_argument("--sessions", type=int, default=3,
+                   help="runtime sessions per file, taking turns round by round, so that the rounds' spread includes "
+                        "what a session itself moves on a small model (default 3)")
     p.add_argument("--flavors", default=None,
                    help="comma list of the flavors to time against dense (default: every one the runtime runs and "
                         "the run can express; ort-cpu: packed,native,plugin,capped)")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise fail(f"--batch-sizes {args.batch_sizes!r} is not a comma list of integers", "e.g. --batch-sizes 1,8,32") \
             from None
     flavors = tuple(f.strip() for f in args.flavors.split(",") if f.strip()) if args.flavors else None
-    opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, flavors=flavors,
+    opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, sessions=args.sessions,
+                        flavors=flavors,
                         run_root=Path(args.run_root), threads=args.threads, warmup_s=args.warmup, images=args.images,
                         top1_limit=args.top1_limit, selection_share=args.selection_share,
                         overrides=tuple(args.overrides), show=not args.quiet,

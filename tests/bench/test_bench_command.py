@@ -64,8 +64,9 @@ def check_hashes(report: dict) -> None:
 
 
 def test_bench_torch_smoke(bench_run, tmp_path):
-    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch")
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch", "--sessions", "2")
     check_schema(report, [1, 3], {"dense", "student"})
+    assert report["sessions"] == 2 and "2 session(s) per file" in (tmp_path / "bench.md").read_text()
     check_arithmetic(report)
     check_hashes(report)
     gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
@@ -85,7 +86,8 @@ def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
     assert main(["bench", str(tmp_path / "missing"), "--json", str(tmp_path / "b.json")]) == 2
     assert main(["bench", str(bench_run), "--runtime", "torch", "--flavors", "capped"]) == 2
     assert main(["bench", str(bench_run), "--flavors", "fused"]) == 2
-    assert "Fix:" in capsys.readouterr().err
+    assert main(["bench", str(bench_run), "--sessions", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert "Fix:" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.slow

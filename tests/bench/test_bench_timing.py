@@ -80,3 +80,18 @@ def test_rows_follow_the_mean_batch_and_rounds_compare_whole_rounds():
     assert eff["tokens@2"] == pytest.approx(2.5 / 2.0, abs=1e-12)
     # per round: (0.2 / 0.08, 0.22 / 0.08, 0.2 / 0.12) -> min, median, max
     assert round_speedups(timings, ["dense", "tokens"], [2])["tokens@2"] == pytest.approx([0.2 / 0.12, 2.5, 2.75])
+
+
+def test_sessions_of_a_file_take_turns_round_by_round():
+    """Several sessions of one file: each is warmed up, and round r runs session r mod K on every batch, so each
+    round's figure comes from one session and the rounds sample the sessions in turn."""
+    pool = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 1, 2, 2), np.float32)
+    log: list = []
+    calls = {"dense": Recorder("dense", log), "packed": [Recorder(f"packed#{k}", log) for k in range(2)]}
+    timings = run_rounds(calls, pool, [2], rounds=3, warmup_s=0.0, show=False)
+    warm, timed = log[:6], log[6:]  # dense, packed#0, then packed#1: twice each
+    assert [n for n, _ in warm] == ["dense", "dense", "packed#0", "packed#0", "packed#1", "packed#1"]
+    per_round = 2 * 2  # two models, two batches of 2
+    used = [sorted({n for n, _ in timed[r * per_round:(r + 1) * per_round] if n != "dense"}) for r in range(3)]
+    assert used == [["packed#0"], ["packed#1"], ["packed#0"]]
+    assert timings.seconds[("packed", 2)].shape == (3, 2) and ("packed#0", 2) not in timings.seconds

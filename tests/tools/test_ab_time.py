@@ -19,8 +19,8 @@ def test_every_file_is_timed_and_compared(tmp_path, fmnist_root):
     a = write_tiny(tmp_path / "a", "native", cfg, tagged=False)  # files from another checkout carry no metadata
     b = write_tiny(tmp_path / "b", "dense", cfg)
     pool = np.random.default_rng(0).normal(size=(6, 1, 4, 4)).astype(np.float32)
-    result = ab_time({"a": a, "b": b}, pool, [1, 3], rounds=2, threads=1, baseline="a", pairs={"b": "a"})
-    assert set(result["batches"]) == {1, 3} and result["images"] == 6
+    result = ab_time({"a": a, "b": b}, pool, [1, 3], rounds=2, threads=1, baseline="a", pairs={"b": "a"}, sessions=2)
+    assert set(result["batches"]) == {1, 3} and result["images"] == 6 and result["sessions"] == 2
     for row in result["batches"].values():
         assert set(row["median_ms"]) == {"a", "b"} and all(v > 0 for v in row["median_ms"].values())
         assert row["vs_baseline"]["a"] == 1.0
@@ -36,6 +36,10 @@ def test_names_must_be_name_equals_value():
 def test_cli_refuses_an_unknown_baseline(tmp_path, capsys):
     assert main(["a=" + str(tmp_path / "a.onnx"), "--config", "configs/deit-s-224.yaml", "--baseline", "z"]) == 2
     assert "z is not one of" in capsys.readouterr().err
+    a = tmp_path / "a.onnx"
+    a.write_bytes(b"")
+    assert main(["a=" + str(a), "--config", "configs/deit-s-224.yaml", "--baseline", "a", "--sessions", "0"]) == 2
+    assert "--sessions must be positive" in capsys.readouterr().err
 
 
 def test_a_branch_is_cut_out_as_a_file(tmp_path):
