@@ -26,4 +26,3 @@ def test_digest_follows_graph_code_only(tmp_path):
         assert graph_code_digest(root) != exporter_id(), package
         edited.write_text(before)
     assert graph_code_digest(root) == exporter_id()
-
