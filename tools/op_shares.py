@@ -78,33 +78,47 @@ def kernel_times(paths: Sequence[Path], batches: Sequence[np.ndarray], threads: 
     return out
 
 
-def measure(run_dir: Path, batch: int = 1, images: int = 12, threads: int = 2) -> OpShares:
-    import torch
-
+def timed_batches(run_dir: Path, batch: int, images: int) -> list[np.ndarray]:
+    """The images `tokengate bench RUN` times (the validation split where the run's caps were fitted on it, the
+    bench photos otherwise), `batch` at a time."""
     from pipeline.config import load_run_config
     from pipeline.images import load_images
-    from pipeline.models import load_student, load_teacher
-    from pipeline.runners.ort_runner import OrtRunner
 
     cfg = load_run_config(run_dir)
     source = "val" if cfg.export.caps_images == "val" else "sample-photos"
     pool = load_images(cfg, source, images, cfg.bench.seed).inputs.numpy()
-    batches = [pool[i:i + batch] for i in range(0, len(pool) - batch + 1, batch)]
-    dense_path, packed_path = run_dir / "model.dense.onnx", run_dir / "model.packed.onnx"
-    runner = OrtRunner(packed_path, threads=threads)
+    return [pool[i:i + batch] for i in range(0, len(pool) - batch + 1, batch)]
+
+
+def macs_ratio(run_dir: Path, batches: Sequence[np.ndarray], threads: int) -> tuple[float, int]:
+    """Dense MACs / packed MACs per image on `batches`, from the kept counts the shipped packed file reports, and
+    the number of images."""
+    import torch
+
+    from pipeline.config import load_run_config
+    from pipeline.models import load_student, load_teacher
+    from pipeline.runners.ort_runner import OrtRunner
+
+    cfg = load_run_config(run_dir)
+    runner = OrtRunner(run_dir / "model.packed.onnx", threads=threads)
     kept = np.concatenate([runner.infer(b).kept_tokens for b in batches])
     del runner
     student, teacher = load_student(run_dir, cfg), load_teacher(run_dir, cfg)
     packed_macs = float(student.macs(torch.from_numpy(kept).double()).mean())  # int32 would overflow
     dense_macs = float(teacher.macs(torch.zeros(len(kept), 0, dtype=torch.float64)).mean())
-    dense, packed = kernel_times([dense_path, packed_path], batches, threads)
+    return dense_macs / packed_macs, len(kept)
+
+
+def measure(run_dir: Path, batch: int = 1, images: int = 12, threads: int = 2) -> OpShares:
+    batches = timed_batches(run_dir, batch, images)
+    flops_ratio, count = macs_ratio(run_dir, batches, threads)
+    dense, packed = kernel_times([run_dir / "model.dense.onnx", run_dir / "model.packed.onnx"], batches, threads)
     if GEMM not in dense or GEMM not in packed:
         raise fail(f"{run_dir} runs no {GEMM} node in one of its files, so there is no Gemm ceiling to report",
                    "export both files with this version (tokengate export RUN --flavor packed,dense)")
-    flops_ratio = dense_macs / packed_macs
     dense_total, packed_total = sum(dense.values()), sum(packed.values())
     ceiling = dense_total / (packed[GEMM] + (dense_total - dense[GEMM]) / flops_ratio)
-    return OpShares(batch, len(kept), dense, packed, flops_ratio, dense[GEMM] / packed[GEMM],
+    return OpShares(batch, count, dense, packed, flops_ratio, dense[GEMM] / packed[GEMM],
                     dense_total / packed_total, ceiling, ceiling / flops_ratio)
 
 
