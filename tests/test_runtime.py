@@ -167,7 +167,8 @@ def test_foreign_onnx_file_still_opens_without_run_extras(tmp_path, fmnist_root)
 def test_bench_sessions_spin_during_a_run_and_stop_after_it(models):
     """The bench's sessions spin like a deployed session's (ONNX Runtime's default) and stop when a run returns,
     so the next file of an interleaved round gets the cores; validate's sessions keep ONNX Runtime's defaults."""
-    from pipeline.bench.run import BenchOptions, open_runner
+    from pipeline.bench.options import BenchOptions
+    from pipeline.bench.run import open_runner
     from pipeline.runners.ort_runner import OrtRunner
 
     bench = open_runner(models["native"], "ort-cpu", BenchOptions(threads=1))

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.bench.options import BenchOptions
 from pipeline.bench.timing import run_rounds
 from pipeline.errors import TokenGateError, fail
 
@@ -72,7 +73,7 @@ def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> 
 
 
 def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int, threads: int,
-            baseline: str, pairs: dict[str, str], sessions: int = 3) -> dict:
+            baseline: str, pairs: dict[str, str], sessions: int = BenchOptions.sessions) -> dict:
     """Median seconds per batch of every file at every batch size, and the speedups asked for; `sessions` sessions
     of each file take turns round by round, as in `tokengate bench`."""
     from pipeline.runners.ort_runner import OrtRunner
@@ -101,7 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A=B", help="also report A's speedup over B")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--sessions", type=int, default=3, help="sessions per file, taking turns round by round")
+    parser.add_argument("--sessions", type=int, default=BenchOptions.sessions,
+                        help=f"sessions per file, taking turns round by round (default {BenchOptions.sessions})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)

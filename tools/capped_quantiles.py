@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipeline.artifacts import read_json, write_json
-from pipeline.bench.run import BenchOptions, run_bench
+from pipeline.bench.options import BenchOptions
+from pipeline.bench.run import run_bench
 from pipeline.export.run_export import export_run
 
 RUN_FILES = ("config.json", "teacher.safetensors", "student.safetensors")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from pipeline.artifacts import sha256_file
+from pipeline.bench.options import BenchOptions
 from pipeline.bench.prepare import bench_run, log
 from pipeline.bench.report import round_speedups, rows_and_speedups
 from pipeline.bench.target import load_target
@@ -32,29 +32,6 @@ from pipeline.runners.base import Runner, runtime_name
 # The flavors a runtime can run, in the order the report lists them.
 RUNTIME_FLAVORS = {"ort-cpu": ("packed", "native", "plugin", "capped"), "ort-cuda": ("native", "capped", "packed"),
                    "ort-trt": ("capped",), "tensorrt": ("capped", "plugin"), "torch": ("student",)}
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    runtime: str = "ort-cpu"
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    rounds: int = 10
-    # sessions of each file, taking turns round by round (`run_rounds`): a small model's speed moves with its session
-    sessions: int = 3
-    flavors: Optional[tuple[str, ...]] = None  # default: every flavor the runtime runs (RUNTIME_FLAVORS)
-    run_root: Path = Path("runs") / "bench"  # where configs become run directories
-    threads: int = 0
-    warmup_s: float = 1.0
-    images: Optional[int] = None  # pool size (every round times all of it); default: bench.num_images, 256 for a run
-    top1: bool = True  # top-1 of every file on the validation split (trained runs)
-    top1_limit: int = 0  # 0 = the whole validation split
-    overrides: tuple[str, ...] = ()  # KEY=VALUE over a config target (its run directory is written with them)
-    selection_share: bool = False  # also time TokenSelect's share of run time (ONNX Runtime CPU; slow)
-    # baseline files of the run to time beside the flavors (e.g. "baseline.tome.onnx", `calib.tome_export`): checked
-    # against PyTorch when they were written, their MACs read from their metadata
-    baselines: tuple[str, ...] = ()
-    profile_runs: int = 8  # batches per flavor and batch size that the selection share averages over
-    show: bool = True
 
 
 def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:

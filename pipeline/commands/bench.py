@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.bench.options import BenchOptions
 from pipeline.runners.base import RUNTIMES
+
+DEFAULTS = BenchOptions()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("targets", metavar="RUN_OR_CONFIG", nargs="+",
                    help="a run directory (teacher + student), or a YAML config such as configs/deit-s-224.yaml "
                         "(written as a run directory first: see --run-root); several are benched one after the other")
-    p.add_argument("--runtime", default="ort-cpu",
-                   help=f"one of {', '.join(RUNTIMES)} (onnxruntime = ort-cpu); default ort-cpu")
-    p.add_argument("--batch-sizes", default="1,8,32", help="comma list (default 1,8,32)")
-    p.add_argument("--rounds", type=int, default=10,
-                   help="timed rounds; each runs every model on every batch of the image pool (default 10)")
-    p.add_argument("--sessions", type=int, default=3,
+    sizes = ",".join(map(str, DEFAULTS.batch_sizes))
+    p.add_argument("--runtime", default=DEFAULTS.runtime,
+                   help=f"one of {', '.join(RUNTIMES)} (onnxruntime = ort-cpu); default {DEFAULTS.runtime}")
+    p.add_argument("--batch-sizes", default=sizes, help=f"comma list (default {sizes})")
+    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds,
+                   help=f"timed rounds; each runs every model on every batch of the image pool (default "
+                        f"{DEFAULTS.rounds})")
+    p.add_argument("--sessions", type=int, default=DEFAULTS.sessions,
                    help="runtime sessions per file, taking turns round by round, so that the rounds' spread includes "
-                        "what a session itself moves on a small model (default 3)")
+                        f"what a session itself moves on a small model (default {DEFAULTS.sessions})")
     p.add_argument("--flavors", default=None,
                    help="comma list of the flavors to time against dense (default: every one the runtime runs and "
                         "the run can express; ort-cpu: packed,native,plugin,capped)")
@@ -36,11 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None,
                    help="images to calibrate on and time, all of them in every round (default: bench.num_images of a "
                         "config, 256 for a run)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the runtime's default)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per model and batch size")
-    p.add_argument("--top1-limit", type=int, default=0, help="top-1 on a stratified subset of N images (0 = all)")
-    p.add_argument("--run-root", default="runs/bench",
-                   help="where a config becomes a run directory, RUN_ROOT/<config name> (default runs/bench)")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads, help="intra-op threads (0 = the runtime's default)")
+    p.add_argument("--warmup", type=float, default=DEFAULTS.warmup_s,
+                   help="seconds of warm-up per model and batch size")
+    p.add_argument("--top1-limit", type=int, default=DEFAULTS.top1_limit,
+                   help="top-1 on a stratified subset of N images (0 = all)")
+    p.add_argument("--run-root", default=str(DEFAULTS.run_root),
+                   help=f"where a config becomes a run directory, RUN_ROOT/<config name> (default {DEFAULTS.run_root})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value of a CONFIG target, e.g. --set gates.dropped_tokens=context")
     p.add_argument("--selection-share", action="store_true",
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.artifacts import write_json, write_text
     from pipeline.bench.plot import plot_bench
     from pipeline.bench.report import markdown
-    from pipeline.bench.run import BenchOptions, run_bench
+    from pipeline.bench.run import run_bench
     from pipeline.errors import fail
 
     try:

@@ -91,7 +91,8 @@ def calibrated_speed(run_dir) -> dict:
     command for a longer run."""
     from pathlib import Path
 
-    from pipeline.bench.run import BenchOptions, run_bench
+    from pipeline.bench.options import BenchOptions
+    from pipeline.bench.run import run_bench
 
     from calib.tome_export import BASELINE_FILE
 
