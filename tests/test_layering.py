@@ -29,3 +29,15 @@ def test_nothing_in_the_product_imports_tools():
     offenders = [str(p.relative_to(ROOT)) for folder in ("pipeline", "calib")
                  for p in sorted((ROOT / folder).rglob("*.py")) if "tools" in _imports(p)]
     assert not offenders, f"tools/ is for developers; the package must not need it: {offenders}"
+
+
+def test_the_cli_parser_loads_no_heavy_library():
+    """`tokengate --help` and every argument error build the whole parser: it must not wait for PyTorch, ONNX or
+    ONNX Runtime to load (each command imports them when it runs)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from pipeline.cli import build_parser; build_parser(); "
+             "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime', 'timm') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "", f"building the CLI parser imported {loaded.stdout.strip()}"

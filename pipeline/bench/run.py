@@ -23,9 +23,9 @@ from pipeline.bench.target import load_target
 from pipeline.bench.timing import batch_at, mean_over_timed, run_rounds
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
-from pipeline.export.onnx_export import DEPLOY
 from pipeline.export.metadata import is_current
 from pipeline.export.run_export import artifact_path, export_run
+from pipeline.flavors import DEPLOY
 from pipeline.flops import gmacs
 from pipeline.runners.base import Runner, runtime_name
 

@@ -5,7 +5,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from pipeline.export.onnx_export import DEPLOY
+    from pipeline.flavors import DEPLOY
 
     deploy = "; ".join(f"{where}: {flavor}" for where, flavor in DEPLOY.items())
     p = sub.add_parser("export", help="export a trained run to ONNX (config, thresholds and caps in metadata)",

@@ -38,14 +38,10 @@ from pipeline.export.fold_weights import fold_weight_views
 from pipeline.export.graph import subgraphs
 from pipeline.export.metadata import ExportInfo, attach
 from pipeline.export.selection import selection_regions
+from pipeline.flavors import FLAVORS, TENSORRT_FLAVORS
 from pipeline.models import GatedViT
 from pipeline.models.packed import PackedForward, per_sample_attention_pays
 
-FLAVORS = ("plugin", "native", "capped", "packed", "dense")
-# Which flavor to deploy where (also in `tokengate export --help`, the bench report and the README).
-DEPLOY = {"ONNX Runtime CPU": "packed", "TensorRT": "plugin (adaptive K), or capped for static shapes",
-          "TensorRT-RTX, CUDA graphs": "capped", "other ONNX runtimes": "native"}
-TENSORRT_FLAVORS = ("plugin", "capped")  # built by TensorRT / TensorRT-RTX: scores keep a separate class-token pass
 MIN_OPSET = 18  # torch's dynamo exporter emits opset 18+; TokenSelect's neighbours (TopK, Where, ...) need nothing newer
 TWO_GB = 2 * 1024**3
 INPUT_NAME = "images"

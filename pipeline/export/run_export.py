@@ -10,7 +10,8 @@ from pipeline.artifacts import update_summary
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
 from pipeline.export.metadata import ExportInfo
-from pipeline.export.onnx_export import FLAVORS, capped_limits, check_exportable, check_opset, export_onnx
+from pipeline.export.onnx_export import capped_limits, check_exportable, check_opset, export_onnx
+from pipeline.flavors import FLAVORS
 from pipeline.models import GatedViT, load_student, load_teacher
 
 
