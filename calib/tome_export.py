@@ -6,23 +6,30 @@ and records what the bench needs in the file's metadata (`ExportInfo.baseline`: 
 merge counts are static, so the graph has static token counts; ties between equal similarities break as in PyTorch
 (`calib.tome.bipartite_merge`). A file whose ONNX Runtime logits leave PyTorch's by more than the run's
 validate.tol_vs_torch is refused, and nothing is written.
+
+The file records its exporter (`tome_exporter_id`: the flavors' exporter digest and this module's and calib/tome.py's
+code), and `refresh_baseline` writes it again from the merges it records when another exporter wrote it, as the
+bench does for a run's flavors (`tokengate bench RUN --baselines baseline.tome.onnx`).
 """
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Config
-from pipeline.errors import fail
-from pipeline.export.metadata import ExportInfo, attach
+from pipeline.config import Config, load_run_config
+from pipeline.errors import TokenGateError, fail
+from pipeline.export.exporter_id import exporter_id
+from pipeline.export.metadata import ExportInfo, attach, read_info
 from pipeline.export.onnx_export import apply_passes, trace_to_onnx, write_onnx
-from pipeline.models import GatedViT
+from pipeline.models import GatedViT, load_teacher
 
 from calib.tome import check_merges, merging_logits, tome_macs
 
@@ -53,9 +60,41 @@ def export_tome(teacher: GatedViT, merges: Sequence[int], cfg: Config, run_dir: 
     check_parity(proto, module, input_shape, cfg.validate.tol_vs_torch)
     info = replace(ExportInfo.of(model, cfg, "tome", run_dir, opset), model="teacher", passes=passes,
                    baseline={"method": "ToMe-style bipartite soft matching with proportional attention",
-                             "merges": [int(r) for r in merges], "macs": tome_macs(model.geometry(), merges)})
+                             "merges": [int(r) for r in merges], "macs": tome_macs(model.geometry(), merges)},
+                   exporter=tome_exporter_id())
     attach(proto, info)
     return write_onnx(proto, Path(path) if path else Path(run_dir) / BASELINE_FILE)
+
+
+@functools.lru_cache(maxsize=None)
+def tome_exporter_id() -> str:
+    """16 hex digits of sha256 over the flavors' exporter digest (`exporter_id`: the model, export and op code, the
+    tracer's versions) and the sources of the code that shapes the merging graph (calib/tome.py and this module)."""
+    digest = hashlib.sha256(exporter_id().encode() + b"\0")
+    here = Path(__file__)
+    for source in (here.with_name("tome.py"), here):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def refresh_baseline(run_dir: str | Path) -> Optional[Path]:
+    """Write RUN/baseline.tome.onnx again, from the merges it records, when another exporter wrote it. Returns its
+    path when it was rewritten; None when there is none or it is current."""
+    run_dir = Path(run_dir)
+    path = run_dir / BASELINE_FILE
+    if not path.is_file():
+        return None
+    redo = "run the tokengate calibrate command that wrote this run again: it writes the baseline with the run"
+    try:
+        info = read_info(path)
+    except TokenGateError as exc:
+        raise fail(f"{path} cannot be read back ({exc.problem})", redo) from None
+    if info.exporter == tome_exporter_id():
+        return None
+    if not info.baseline or "merges" not in info.baseline:
+        raise fail(f"{path} records no merge counts to export again", redo)
+    cfg = load_run_config(run_dir)
+    return export_tome(load_teacher(run_dir, cfg), info.baseline["merges"], cfg, run_dir, path, info.opset)
 
 
 def check_parity(proto, module: nn.Module, input_shape: Sequence[int], tolerance: float) -> None:
