@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.bench.options import BenchOptions
+from pipeline.bench.options import TURNS, BenchOptions
 from pipeline.bench.timing import run_rounds
 from pipeline.errors import TokenGateError, fail
 
@@ -73,14 +73,15 @@ def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> 
 
 
 def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int], rounds: int, threads: int,
-            baseline: str, pairs: dict[str, str], sessions: int = BenchOptions.sessions) -> dict:
+            baseline: str, pairs: dict[str, str], sessions: int = BenchOptions.sessions,
+            turns: str = BenchOptions.turns) -> dict:
     """Median seconds per batch of every file at every batch size, and the speedups asked for; `sessions` sessions
     of each file take turns round by round, as in `tokengate bench`."""
     from pipeline.runners.ort_runner import OrtRunner
 
     runners = {name: [OrtRunner(path, threads=threads, spin=False, ours=False) for _ in range(sessions)]
                for name, path in files.items()}
-    timings = run_rounds(runners, pool, batch_sizes, rounds)
+    timings = run_rounds(runners, pool, batch_sizes, rounds, turns=turns)
     rows = {}
     for batch in batch_sizes:
         median = {name: float(np.median(timings.seconds[(name, batch)].mean(axis=1))) for name in files}
@@ -88,7 +89,7 @@ def ab_time(files: dict[str, Path], pool: np.ndarray, batch_sizes: Sequence[int]
                        "vs_baseline": {k: median[baseline] / v for k, v in median.items()},
                        "pairs": {f"{a}/{b}": median[b] / median[a] for a, b in pairs.items()}}
     return {"files": {k: str(v) for k, v in files.items()}, "baseline": baseline, "rounds": rounds,
-            "sessions": sessions, "threads": threads, "images": len(pool), "batches": rows}
+            "sessions": sessions, "turns": turns, "threads": threads, "images": len(pool), "batches": rows}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -104,6 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--sessions", type=int, default=BenchOptions.sessions,
                         help=f"sessions per file, taking turns round by round (default {BenchOptions.sessions})")
+    parser.add_argument("--turns", choices=TURNS, default=BenchOptions.turns,
+                        help="batch: the files take turns batch by batch; pool: each runs a round's batches back to "
+                             f"back (default {BenchOptions.turns})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)
@@ -124,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with tempfile.TemporaryDirectory() as folder:
             files = cut_branches(specs, Path(folder))
             result = ab_time(files, images.inputs.numpy(), sizes, args.rounds, args.threads, args.baseline, pairs,
-                             args.sessions)
+                             args.sessions, args.turns)
         result["files"] = {name: str(path) + ("" if batch is None else f"@{batch}")
                            for name, (path, batch) in specs.items()}
     except TokenGateError as exc:

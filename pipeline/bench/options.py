@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+TURNS = ("batch", "pool")  # how the timed files take turns (`timing.run_rounds`)
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -14,8 +15,11 @@ class BenchOptions:
     runtime: str = "ort-cpu"
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     rounds: int = 10
-    # sessions of each file, taking turns round by round (`timing.run_rounds`): a small model's speed moves with its session
+    # sessions of each file, taking turns round by round (`timing.run_rounds`): a small model's speed moves with
+    # its session
     sessions: int = 3
+    # "batch": the files take turns batch by batch; "pool": each runs a round's batches back to back (timing.run_rounds)
+    turns: str = "batch"
     flavors: Optional[tuple[str, ...]] = None  # default: every flavor the runtime runs (run.RUNTIME_FLAVORS)
     run_root: Path = Path("runs") / "bench"  # where configs become run directories
     threads: int = 0

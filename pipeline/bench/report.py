@@ -7,6 +7,8 @@ from pipeline.bench.metrics import mean_latency, percentile, speedups
 from pipeline.bench.timing import Timings
 
 
+TURN_WORDS = {"batch": "batch by batch", "pool": "a whole pool each (its batches back to back)"}
+
 def rows_and_speedups(timings: Timings, models: Sequence[str], batch_sizes: Sequence[int],
                       gflops: Mapping[tuple[str, int], float],
                       top1: Mapping[str, Optional[float]]) -> tuple[list[dict], dict, dict]:
@@ -50,7 +52,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines = [f"# tokengate bench: {report['target']}", "",
              f"Runtime **{report['runtime']}** on {report['device']}: the files of {report['run_dir']}. "
              f"{report['rounds']} interleaved rounds over {report.get('sessions', 1)} session(s) per file taking "
-             f"turns, each round over the same batches (the image pool: "
+             f"turns {TURN_WORDS[report.get('turns', 'batch')]}, each round over the same batches (the image pool: "
              f"{', '.join(f'{n} of {b}' for b, n in report['batches_per_round'].items())}); "
              f"machine load average {report['machine']['load_before'][0]:.2f} before, "
              f"{report['machine']['load_after'][0]:.2f} after ({report['machine']['cpus']} CPUs).", ""]

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.artifacts import sha256_file
-from pipeline.bench.options import BenchOptions
+from pipeline.bench.options import TURNS, BenchOptions
 from pipeline.bench.prepare import bench_run, log
 from pipeline.bench.report import round_speedups, rows_and_speedups
 from pipeline.bench.target import load_target
@@ -43,6 +43,8 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     if not opts.batch_sizes or min(opts.batch_sizes) < 1 or opts.rounds < 1 or opts.sessions < 1:
         raise fail("batch sizes, --rounds and --sessions must be positive",
                    "e.g. --batch-sizes 1,8,32 --rounds 10 --sessions 3")
+    if opts.turns not in TURNS:
+        raise fail(f"--turns {opts.turns!r} is not one of {', '.join(TURNS)}", "e.g. --turns batch")
     target = load_target(source, opts.overrides)
     if target.run_dir is not None and opts.overrides:
         raise fail(f"--set changes a config, but {source} is a run directory whose files follow its config.json",
@@ -74,7 +76,8 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         f"{opts.sessions} session(s) per file (load average {load_before[0]:.2f})", opts.show)
     sessions = {name: [runner, *(open_runner(files[name], runtime, opts) for _ in range(opts.sessions - 1))]
                 for name, runner in runners.items()}
-    timings = run_rounds(sessions, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=opts.show)
+    timings = run_rounds(sessions, pool, opts.batch_sizes, opts.rounds, opts.warmup_s, show=opts.show,
+                         turns=opts.turns)
     del sessions  # the extra sessions' memory: `runners` keep the first ones for top-1 and the selection share
     load_after = os.getloadavg()
     top1, top1_source = accuracy(has_data, cfg, runners, opts)
@@ -86,7 +89,7 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         "flavors": list(flavors), "deploy": DEPLOY,
         "files": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in files.items()},
         "parity": parity,
-        "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "sessions": opts.sessions,
+        "batch_sizes": list(opts.batch_sizes), "rounds": opts.rounds, "sessions": opts.sessions, "turns": opts.turns,
         "batches_per_round": timings.batches,
         "speedup_rounds": round_speedups(timings, names, opts.batch_sizes),
         "padding_waste": {f"{m}@{b}": float(np.mean(w)) for (m, b), w in timings.waste.items()},

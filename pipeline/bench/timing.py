@@ -1,6 +1,7 @@
 """Warm-up, then timed rounds. Every round times every model on the same batches: the image pool cut into
 consecutive batches, in an order of models that rotates from batch to batch and round to round, so that load
-drifts on a shared machine hit all models alike and each model's round covers the same images.
+drifts on a shared machine hit all models alike and each model's round covers the same images. With
+`turns="pool"` each model runs the round's batches back to back instead, the first model rotating by round.
 
 The same images every round matter for input-adaptive models: a token-gated model takes longer on some images than
 on others, so a round of other images would mix content into what should be noise, and its median batch is not
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.bench.metrics import padding_waste
+from pipeline.bench.options import TURNS
 from pipeline.runners.base import Runner
 from pipeline.progress import progress
 
@@ -67,14 +69,20 @@ def warm_up(calls: Mapping[str, Runner], pool: np.ndarray, batch: int, seconds: 
 
 
 def run_rounds(calls: Mapping[str, Runner | Sequence[Runner]], pool: np.ndarray, batch_sizes: Sequence[int],
-               rounds: int, warmup_s: float = 1.0, show: bool = True) -> Timings:
-    """Time every model at every batch size, interleaved batch by batch.
+               rounds: int, warmup_s: float = 1.0, show: bool = True, turns: str = "batch") -> Timings:
+    """Time every model at every batch size, interleaved.
 
     Args:
         calls: row name -> runner, or several sessions of one file that take turns round by round (round r runs
             session r mod K), so that the rounds' spread includes what the session itself moves (docs/bench.md).
         pool: float32 [N, C, H, W] images; each round runs every model on all of `batches_per_round` batches.
+        turns: "batch": the models take turns batch by batch, the first rotating by batch and round (a machine
+            that slows down slows them alike); "pool": each model runs the round's batches back to back, the first
+            rotating by round, as a deployed session runs (its weights and buffers stay in the caches between
+            calls; docs/bench.md measures what that moves).
     """
+    if turns not in TURNS:
+        raise ValueError(f"turns must be one of {TURNS}, not {turns!r}")
     sessions = {name: list(call) if isinstance(call, (list, tuple)) else [call] for name, call in calls.items()}
     names = list(sessions)
     out = Timings(batches={b: batches_per_round(len(pool), b) for b in batch_sizes})
@@ -83,18 +91,33 @@ def run_rounds(calls: Mapping[str, Runner | Sequence[Runner]], pool: np.ndarray,
             warm_up({name: own[k] for name, own in sessions.items() if k < len(own)}, pool, batch, warmup_s)
         for name in names:
             out.seconds[(name, batch)] = np.zeros((rounds, out.batches[batch]))
-    bar = progress(total=rounds * sum(out.batches.values()), desc="timed batches", disable=not show, leave=False)
+    bar = progress(total=rounds * sum(out.batches.values()) * len(names), desc="timed calls", disable=not show,
+                   leave=False)
     for r in range(rounds):
         for batch in batch_sizes:
-            for i in range(out.batches[batch]):
-                images = batch_at(pool, batch, i)
-                shift = (r + i) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    took, kept = time_once(sessions[name][r % len(sessions[name])], images)
-                    out.seconds[(name, batch)][r, i] = took
-                    if r == 0 and kept is not None and kept.size:
-                        out.waste.setdefault((name, batch), []).append(
-                            [padding_waste(kept[:, s]) for s in range(kept.shape[1])])
+            inputs: dict[int, np.ndarray] = {}  # each batch cut from the pool once per round, whatever the turns
+            for name, i in _turns(names, out.batches[batch], r, turns):
+                if i not in inputs:
+                    inputs[i] = batch_at(pool, batch, i)
+                took, kept = time_once(sessions[name][r % len(sessions[name])], inputs[i])
+                out.seconds[(name, batch)][r, i] = took
+                if r == 0 and kept is not None and kept.size:
+                    out.waste.setdefault((name, batch), []).append(
+                        [padding_waste(kept[:, s]) for s in range(kept.shape[1])])
                 bar.update(1)
     bar.close()
     return out
+
+
+def _turns(names: Sequence[str], batches: int, round_index: int, turns: str) -> Iterator[tuple[str, int]]:
+    """(model, batch index) in the order round `round_index` times them (`run_rounds`' `turns`)."""
+    if turns == "pool":
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            for i in range(batches):
+                yield name, i
+        return
+    for i in range(batches):
+        shift = (round_index + i) % len(names)
+        for name in names[shift:] + names[:shift]:
+            yield name, i

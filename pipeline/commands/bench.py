@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.bench.options import BenchOptions
+from pipeline.bench.options import TURNS, BenchOptions
 from pipeline.runners.base import RUNTIMES
 
 DEFAULTS = BenchOptions()
@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", type=int, default=DEFAULTS.sessions,
                    help="runtime sessions per file, taking turns round by round, so that the rounds' spread includes "
                         f"what a session itself moves on a small model (default {DEFAULTS.sessions})")
+    p.add_argument("--turns", choices=TURNS, default=DEFAULTS.turns,
+                   help="batch: the files take turns batch by batch (a machine that slows down slows them alike); "
+                        "pool: each runs a round's batches back to back, as a deployed session does, the first "
+                        f"rotating by round (default {DEFAULTS.turns})")
     p.add_argument("--flavors", default=None,
                    help="comma list of the flavors to time against dense (default: every one the runtime runs and "
                         "the run can express; ort-cpu: packed,native,plugin,capped)")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             from None
     flavors = tuple(f.strip() for f in args.flavors.split(",") if f.strip()) if args.flavors else None
     opts = BenchOptions(runtime=args.runtime, batch_sizes=sizes, rounds=args.rounds, sessions=args.sessions,
+                        turns=args.turns,
                         flavors=flavors,
                         run_root=Path(args.run_root), threads=args.threads, warmup_s=args.warmup, images=args.images,
                         top1_limit=args.top1_limit, selection_share=args.selection_share,

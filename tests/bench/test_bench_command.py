@@ -64,9 +64,10 @@ def check_hashes(report: dict) -> None:
 
 
 def test_bench_torch_smoke(bench_run, tmp_path):
-    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch", "--sessions", "2")
+    report = _bench(bench_run, tmp_path / "bench.json", "--runtime", "torch", "--sessions", "2", "--turns", "pool")
     check_schema(report, [1, 3], {"dense", "student"})
     assert report["sessions"] == 2 and "2 session(s) per file" in (tmp_path / "bench.md").read_text()
+    assert report["turns"] == "pool" and "taking turns a whole pool each" in (tmp_path / "bench.md").read_text()
     check_arithmetic(report)
     check_hashes(report)
     gflops = {r["model"]: r["gflops_per_image"] for r in report["rows"]}
@@ -88,6 +89,12 @@ def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
     assert main(["bench", str(bench_run), "--flavors", "fused"]) == 2
     assert main(["bench", str(bench_run), "--sessions", "0", "--json", str(tmp_path / "b.json")]) == 2
     assert "Fix:" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+    from pipeline.bench.options import BenchOptions
+    from pipeline.bench.run import run_bench
+    from pipeline.errors import TokenGateError
+
+    with pytest.raises(TokenGateError, match="--turns 'round' is not one of batch, pool"):
+        run_bench(bench_run, BenchOptions(turns="round"))
 
 
 @pytest.mark.slow

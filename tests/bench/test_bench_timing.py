@@ -95,3 +95,25 @@ def test_sessions_of_a_file_take_turns_round_by_round():
     used = [sorted({n for n, _ in timed[r * per_round:(r + 1) * per_round] if n != "dense"}) for r in range(3)]
     assert used == [["packed#0"], ["packed#1"], ["packed#0"]]
     assert timings.seconds[("packed", 2)].shape == (3, 2) and ("packed#0", 2) not in timings.seconds
+
+
+def test_pool_turns_run_each_model_back_to_back_and_rotate_by_round():
+    """turns="pool": each model times the round's batches in a row, as a deployed session runs; the model that goes
+    first rotates from round to round, and every model still sees the same batches every round."""
+    pool = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 1, 2, 2), np.float32)
+    log: list = []
+    calls = {name: Recorder(name, log) for name in ("dense", "packed", "native")}
+    timings = run_rounds(calls, pool, [2], rounds=3, warmup_s=0.0, show=False, turns="pool")
+    timed = log[6:]  # warm-up: each model twice
+    batches = [(0, 1), (2, 3)]
+    per_round = 3 * len(batches)
+    for r, first in enumerate(["dense", "packed", "native"]):
+        calls_of_round = timed[r * per_round:(r + 1) * per_round]
+        names = [n for n, _ in calls_of_round]
+        order = ["dense", "packed", "native"]
+        order = order[order.index(first):] + order[:order.index(first)]
+        assert names == [n for n in order for _ in batches]  # whole pool per model, then the next model
+        assert [images for _, images in calls_of_round] == batches * 3
+    assert timings.seconds[("packed", 2)].shape == (3, 2) and (timings.seconds[("packed", 2)] > 0).all()
+    with pytest.raises(ValueError, match="turns"):
+        run_rounds(calls, pool, [2], rounds=1, warmup_s=0.0, show=False, turns="round")
