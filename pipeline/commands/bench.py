@@ -1,5 +1,5 @@
 """tokengate bench RUN_OR_CONFIG [MORE ...] [--runtime R] [--flavors F,..] [--batch-sizes 1,8,32] [--rounds N]
-[--sessions K] [--json F] [--md F] [--plot F]
+[--sessions K] [--turns batch|pool] [--json F] [--md F] [--plot F]
 
 Times the files a user ships: a run's model.dense.onnx against each of its model.<flavor>.onnx (exported first when
 missing). A config first becomes a run directory under --run-root.
