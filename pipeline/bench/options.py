@@ -8,6 +8,7 @@ from typing import Optional
 
 TURNS = ("batch", "pool")  # how the timed files take turns (`timing.run_rounds`)
 
+
 @dataclass(frozen=True)
 class BenchOptions:
     """What `tokengate bench` times, how, and where it writes (the CLI's flags, one field each)."""

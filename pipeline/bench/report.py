@@ -6,8 +6,8 @@ from typing import Any, Mapping, Optional, Sequence
 from pipeline.bench.metrics import mean_latency, percentile, speedups
 from pipeline.bench.timing import Timings
 
-
 TURN_WORDS = {"batch": "batch by batch", "pool": "a whole pool each (its batches back to back)"}
+
 
 def rows_and_speedups(timings: Timings, models: Sequence[str], batch_sizes: Sequence[int],
                       gflops: Mapping[tuple[str, int], float],

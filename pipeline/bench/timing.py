@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from pipeline.bench.metrics import padding_waste
-from pipeline.bench.options import TURNS
+from pipeline.bench.options import TURNS, BenchOptions
 from pipeline.runners.base import Runner
 from pipeline.progress import progress
 
@@ -69,7 +69,7 @@ def warm_up(calls: Mapping[str, Runner], pool: np.ndarray, batch: int, seconds: 
 
 
 def run_rounds(calls: Mapping[str, Runner | Sequence[Runner]], pool: np.ndarray, batch_sizes: Sequence[int],
-               rounds: int, warmup_s: float = 1.0, show: bool = True, turns: str = "batch") -> Timings:
+               rounds: int, warmup_s: float = 1.0, show: bool = True, turns: str = BenchOptions.turns) -> Timings:
     """Time every model at every batch size, interleaved.
 
     Args:
