@@ -78,6 +78,15 @@ def kernel_times(paths: Sequence[Path], batches: Sequence[np.ndarray], threads: 
     return out
 
 
+def check_run(run_dir: Path, batch: int, images: int) -> None:
+    """Refuse, in one line with its fix, a run without both shipped files or a batch the images cannot fill."""
+    missing = [f for f in ("model.dense.onnx", "model.packed.onnx") if not (run_dir / f).is_file()]
+    if missing:
+        raise fail(f"{run_dir} has no {missing[0]}", f"tokengate export {run_dir} --flavor packed,dense")
+    if batch < 1 or images < batch:
+        raise fail("--batch must be at least 1 and --images at least --batch", "e.g. --batch 1 --images 12")
+
+
 def timed_batches(run_dir: Path, batch: int, images: int) -> list[np.ndarray]:
     """The images `tokengate bench RUN` times (the validation split where the run's caps were fitted on it, the
     bench photos otherwise), `batch` at a time."""
@@ -148,15 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    missing = [f for f in ("model.dense.onnx", "model.packed.onnx") if not (args.run / f).is_file()]
-    if missing:
-        print(f"op_shares: {args.run} has no {missing[0]}. Fix: tokengate export {args.run} --flavor packed,dense",
-              file=sys.stderr)
-        return 2
-    if args.batch < 1 or args.images < args.batch:
-        print("op_shares: --batch must be at least 1 and --images at least --batch", file=sys.stderr)
-        return 2
     try:
+        check_run(args.run, args.batch, args.images)
         shares = measure(args.run, args.batch, args.images, args.threads)
     except TokenGateError as error:
         print(f"op_shares: {error}", file=sys.stderr)

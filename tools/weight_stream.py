@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.artifacts import write_json
 from pipeline.errors import TokenGateError, fail
+from tools.op_shares import check_run, macs_ratio, timed_batches
 
 MATRIX_OPS = frozenset({"Gemm", "MatMul", "Conv"})  # ops that read a weight matrix (or filter bank) whole per call
 MB = 1e6
@@ -158,7 +159,6 @@ def bound(dense_ms: float, dense_mb: float, packed_mb: float, us_per_mb: float, 
 def run_bound(run_dir: Path, batch: int, images: int, threads: int, rounds: int, us_per_mb: float) -> RunBound:
     from pipeline.bench.timing import run_rounds
     from pipeline.runners.ort_runner import OrtRunner
-    from tools.op_shares import macs_ratio, timed_batches
 
     batches = timed_batches(run_dir, batch, images)
     flops_ratio, count = macs_ratio(run_dir, batches, threads)
@@ -222,11 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if min(args.width, args.hidden, args.pairs, args.rounds) < 1:
             raise fail("--width, --hidden, --pairs and --rounds must each be at least 1", "e.g. --pairs 24")
         if args.run is not None:
-            missing = [f for f in ("model.dense.onnx", "model.packed.onnx") if not (args.run / f).is_file()]
-            if missing:
-                raise fail(f"{args.run} has no {missing[0]}", f"tokengate export {args.run} --flavor packed,dense")
-            if args.batch < 1 or args.images < args.batch:
-                raise fail("--batch must be at least 1 and --images at least --batch", "e.g. --batch 1 --images 12")
+            check_run(args.run, args.batch, args.images)
         costs = row_costs(rows, args.width, args.hidden, args.pairs, args.threads, args.rounds)
         us_per_mb = float(np.median([c.us_per_mb for c in costs]))
         result = WeightStream(args.width, args.hidden, args.pairs, args.threads, costs, us_per_mb)

@@ -31,3 +31,17 @@ def test_profile_of_the_shipped_files_and_its_ceiling(tmp_path, fmnist_root, cap
     assert shares["ceiling_efficiency"] == pytest.approx(shares["ceiling_speedup"] / shares["flops_ratio"], rel=1e-9)
     printed = capsys.readouterr().out
     assert "ceiling with every other op at the FLOPs ratio" in printed and "Gemm" in printed
+
+
+def test_check_run_refuses_a_missing_file_and_an_unfillable_batch(tmp_path):
+    from pipeline.errors import TokenGateError
+    from tools.op_shares import check_run
+
+    (tmp_path / "model.dense.onnx").write_bytes(b"")
+    with pytest.raises(TokenGateError, match="has no model.packed.onnx.*tokengate export"):
+        check_run(tmp_path, 1, 12)
+    (tmp_path / "model.packed.onnx").write_bytes(b"")
+    check_run(tmp_path, 4, 4)  # both files, and a batch the images fill: no error
+    for batch, images in ((0, 12), (8, 4)):
+        with pytest.raises(TokenGateError, match="--batch must be at least 1 and --images at least --batch"):
+            check_run(tmp_path, batch, images)
