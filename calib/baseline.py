@@ -25,8 +25,7 @@ from pipeline.errors import fail
 from pipeline.models import GatedViT
 
 from calib.cost import cost_ratios
-from calib.search import BISECTION_STEPS, kl_to_dense
-from pipeline.models.staged import StagedForward
+from calib.search import BISECTION_STEPS, DenseReference
 
 MATCH_TOLERANCE = 0.005  # a fixed setting counts as "the same GFLOPs" within this fraction of dense
 LEVEL_LIMIT = 20_000  # most combinations of the earlier stages' counts enumerated (every count for small models)
@@ -71,13 +70,12 @@ def fixed_model(model: GatedViT, counts: tuple[int, ...]) -> GatedViT:
     return model.with_inference("fixed", counts)
 
 
-class FixedRateSearch:
+class FixedRateSearch(DenseReference):
+    """Finds the fixed per-stage counts that match a cost, ranked by the same criterion as the thresholds."""
+
     def __init__(self, model: GatedViT, images: torch.Tensor, dense_logits: torch.Tensor, reference_macs: float,
                  batch_size: int = 256):
-        self.model = model
-        self.forward = StagedForward(model, images, batch_size)
-        self.dense_logits = dense_logits
-        self.reference = reference_macs
+        super().__init__(model, images, dense_logits, reference_macs, batch_size)
         self.num_patches = self.model.geometry().num_patches
 
     def ratio(self, counts: tuple[int, ...]) -> float:
@@ -114,9 +112,9 @@ class FixedRateSearch:
     def measure(self, counts: tuple[int, ...]) -> FixedTrial:
         out = self.forward.run(lambda s, pooled: 0.0, fixed_model(self.model, counts))
         previous = [self.num_patches, *counts[:-1]]
+        kl, agreement = self.fidelity(out.logits)
         return FixedTrial(counts=counts, rates=tuple(k / p for k, p in zip(counts, previous)),
-                          ratio=self.ratio(counts), kl=kl_to_dense(out.logits, self.dense_logits),
-                          agreement=float((out.logits.argmax(-1) == self.dense_logits.argmax(-1)).double().mean()))
+                          ratio=self.ratio(counts), kl=kl, agreement=agreement)
 
     def matching_counts(self, target: float, tolerance: float) -> list[tuple[int, ...]]:
         """Every non-increasing split of patch counts whose cost is within `tolerance` of `target`, closest first.

@@ -64,6 +64,13 @@ def kl_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> float:
                           log_target=True, reduction="batchmean"))
 
 
+def fidelity_to_dense(logits: torch.Tensor, dense_logits: torch.Tensor) -> tuple[float, float]:
+    """KL(dense || model) per image, and the share of images whose top-1 matches dense's: what every calibration
+    search (thresholds, fixed rates, merging) ranks and reports its candidates by."""
+    agreement = float((logits.argmax(-1) == dense_logits.argmax(-1)).double().mean())
+    return kl_to_dense(logits, dense_logits), agreement
+
+
 def simplex_grid(stages: int, steps: int) -> list[tuple[float, ...]]:
     """Every profile whose entries are multiples of 1/steps and sum to 1."""
     if stages == 1:
@@ -85,8 +92,10 @@ def neighbours(profile: tuple[float, ...], steps: int) -> list[tuple[float, ...]
     return [p for p in close if max(abs(a - b) for a, b in zip(p, profile)) > 1e-9]
 
 
-class ThresholdSearch:
-    """Owns the calibration forward, the dense reference outputs and the cost model."""
+class DenseReference:
+    """What every calibration search holds its trials against: the staged forward over the calibration images, the
+    dense model's logits on them, and the dense MACs its cost ratios divide by. The threshold search and the
+    fixed-rate baseline share it, so both rank their candidates by the same criterion."""
 
     def __init__(self, model: GatedViT, images: torch.Tensor, dense_logits: torch.Tensor, reference_macs: float,
                  batch_size: int = 256):
@@ -94,6 +103,17 @@ class ThresholdSearch:
         self.forward = StagedForward(model, images, batch_size)
         self.dense_logits = dense_logits
         self.reference = reference_macs
+
+    def fidelity(self, logits: torch.Tensor) -> tuple[float, float]:
+        return fidelity_to_dense(logits, self.dense_logits)
+
+
+class ThresholdSearch(DenseReference):
+    """Fits per-stage thresholds to a budget, counting the calibration forwards it runs."""
+
+    def __init__(self, model: GatedViT, images: torch.Tensor, dense_logits: torch.Tensor, reference_macs: float,
+                 batch_size: int = 256):
+        super().__init__(model, images, dense_logits, reference_macs, batch_size)
         self.forwards = 0
 
     def evaluate(self, profile: tuple[float, ...], knob: float) -> Trial:
@@ -103,10 +123,9 @@ class ThresholdSearch:
         return self.trial(out, profile, knob)
 
     def trial(self, out: StagedOutput, profile: tuple[float, ...], knob: float) -> Trial:
-        agreement = float((out.logits.argmax(-1) == self.dense_logits.argmax(-1)).double().mean())
+        kl, agreement = self.fidelity(out.logits)
         return Trial(profile=tuple(profile), knob=knob, thresholds=out.thresholds,
-                     ratio=cost_ratio(self.model, out.lengths, self.reference),
-                     kl=kl_to_dense(out.logits, self.dense_logits), agreement=agreement,
+                     ratio=cost_ratio(self.model, out.lengths, self.reference), kl=kl, agreement=agreement,
                      mean_kept=tuple(float(v) for v in out.lengths.double().mean(0)))
 
     def fit_profile(self, profile: tuple[float, ...], budget: float) -> Optional[Trial]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline.models import GatedViT
 
-from calib.search import kl_to_dense
+from calib.search import fidelity_to_dense
 from calib.tome import check_merges, max_merges, tome_forward, tome_macs
 
 STEPS = (4, 2, 1)  # merges moved between two blocks per exchange move, coarse first
@@ -82,9 +82,7 @@ class MergeSearch:
         if merges not in self._trials:
             chunks = self.images.split(self.batch_size)
             logits = torch.cat([tome_forward(self.model, chunk, merges) for chunk in chunks])
-            agreement = float((logits.argmax(-1) == self.dense_logits.argmax(-1)).double().mean())
-            self._trials[merges] = MergeTrial(merges, self.ratio(merges), kl_to_dense(logits, self.dense_logits),
-                                              agreement)
+            self._trials[merges] = MergeTrial(merges, self.ratio(merges), *fidelity_to_dense(logits, self.dense_logits))
         return self._trials[merges]
 
     def scheduled(self, shape: Sequence[float], scale: float) -> tuple[int, ...]:

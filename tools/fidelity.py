@@ -26,14 +26,14 @@ from pipeline.models import GatedViT, build_student, build_teacher
 
 from calib.baseline import FixedRateSearch, fixed_model
 from calib.cost import reference_macs
-from calib.search import ThresholdSearch, kl_to_dense
+from calib.search import ThresholdSearch, fidelity_to_dense
 from calib.tome import tome_forward, tome_macs
 from calib.tome_search import MergeSearch
 
 
 def fidelity(logits: torch.Tensor, dense: torch.Tensor) -> dict:
-    return {"kl": kl_to_dense(logits, dense),
-            "agreement": float((logits.argmax(-1) == dense.argmax(-1)).double().mean())}
+    kl, agreement = fidelity_to_dense(logits, dense)
+    return {"kl": kl, "agreement": agreement}
 
 
 def batched(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, size: int = 16) -> torch.Tensor:
