@@ -4,7 +4,7 @@ import torch
 
 from calib.cost import cost_ratio, floor_ratio, reference_macs
 from calib.inputs import model_inputs
-from calib.search import ThresholdSearch, neighbours, simplex_grid
+from calib.search import ThresholdSearch, fidelity_to_dense, neighbours, simplex_grid
 from pipeline.models.staged import MIN_GAP, quantile_threshold
 from pipeline.models.staged import StagedForward
 from pipeline.data import load_dataset
@@ -49,6 +49,16 @@ def test_quantile_threshold_never_cuts_between_tied_scores():
     equal = torch.ones(5)
     assert int((equal > quantile_threshold(equal, 0.6)).sum()) == 5 and \
         int((equal > quantile_threshold(equal, 0.2)).sum()) == 0
+
+
+def test_fidelity_to_dense_is_kl_and_top1_agreement():
+    dense = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    assert fidelity_to_dense(dense.clone(), dense) == (pytest.approx(0.0, abs=1e-12), 1.0)
+    model = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # the second image's top-1 moves
+    p, q = dense[1].double().softmax(-1), model[1].double().softmax(-1)
+    kl, agreement = fidelity_to_dense(model, dense)
+    assert agreement == 0.5
+    assert kl == pytest.approx(float((p * (p / q).log()).sum()) / 2, rel=1e-9)  # KL(dense || model), per image
 
 
 def test_profile_grid_covers_the_simplex():
