@@ -90,13 +90,12 @@ def check_run(run_dir: Path, batch: int, images: int) -> None:
 def timed_batches(run_dir: Path, batch: int, images: int) -> list[np.ndarray]:
     """The images `tokengate bench RUN` times (the validation split where the run's caps were fitted on it, the
     bench photos otherwise), `batch` at a time."""
+    from pipeline.bench.run import bench_images
+    from pipeline.bench.timing import batch_at, batches_per_round
     from pipeline.config import load_run_config
-    from pipeline.images import load_images
 
-    cfg = load_run_config(run_dir)
-    source = "val" if cfg.export.caps_images == "val" else "sample-photos"
-    pool = load_images(cfg, source, images, cfg.bench.seed).inputs.numpy()
-    return [pool[i:i + batch] for i in range(0, len(pool) - batch + 1, batch)]
+    pool = bench_images(load_run_config(run_dir), images).inputs.numpy()
+    return [batch_at(pool, batch, i) for i in range(batches_per_round(len(pool), batch))]
 
 
 def macs_ratio(run_dir: Path, batches: Sequence[np.ndarray], threads: int) -> tuple[float, int]:

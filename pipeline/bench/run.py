@@ -27,6 +27,7 @@ from pipeline.export.metadata import is_current
 from pipeline.export.run_export import artifact_path, export_run
 from pipeline.flavors import DEPLOY
 from pipeline.flops import gmacs
+from pipeline.images import ImageSet, load_images
 from pipeline.runners.base import Runner, runtime_name
 
 # The flavors a runtime can run, in the order the report lists them.
@@ -36,7 +37,6 @@ RUNTIME_FLAVORS = {"ort-cpu": ("packed", "native", "plugin", "capped"), "ort-cud
 
 def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     """Bench `source` (a run directory or a config) and return the bench.json dict."""
-    from pipeline.images import load_images
     from pipeline.models import load_student, load_teacher
 
     runtime = runtime_name(opts.runtime)
@@ -56,9 +56,8 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
         raise fail(f"the student of {run_dir} has no token stages, so there is no token-gated model to bench",
                    "bench a run trained with token stages (gates.token_stages null or a list)")
     flavors = choose_flavors(runtime, opts.flavors)
-    has_data = cfg.export.caps_images == "val"  # a trained run; a config's run is calibrated on the bench photos
-    count = opts.images or (256 if has_data else cfg.bench.num_images)
-    images = load_images(cfg, "val" if has_data else "sample-photos", count, cfg.bench.seed)
+    has_data = is_trained(cfg)
+    images = bench_images(cfg, opts.images)
     log(f"{len(images)} images: {images.source}", opts.show)
     files = exported_files(run_dir, runtime, flavors, opts.show)
     runners = {name: open_runner(path, runtime, opts) for name, path in files.items()}
@@ -103,6 +102,20 @@ def run_bench(source: str | Path, opts: BenchOptions) -> dict[str, Any]:
     if opts.selection_share:
         report.update(selection_share(runners, pool, opts, runtime))
     return report
+
+
+def is_trained(cfg: Config) -> bool:
+    """A trained run (its caps were fitted on its validation split); a config's run is calibrated on the bench
+    photos instead, and has no labelled data."""
+    return cfg.export.caps_images == "val"
+
+
+def bench_images(cfg: Config, count: Optional[int] = None) -> ImageSet:
+    """The image pool the bench times a run on: `count` images (default 256) of a trained run's validation split,
+    or `count` (default bench.num_images) of the bench photos for a config's run."""
+    if is_trained(cfg):
+        return load_images(cfg, "val", count or 256, cfg.bench.seed)
+    return load_images(cfg, "sample-photos", count or cfg.bench.num_images, cfg.bench.seed)
 
 
 def baseline_files(run_dir: Path, runtime: str, names: Sequence[str]) -> dict[str, tuple[Path, float]]:
