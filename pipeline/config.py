@@ -343,6 +343,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise fail(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise fail(f"config file {path} is a YAML {type(data).__name__}, not a mapping of sections (model:, gates:, ...)",
+                   "write it like configs/fmnist-tiny.yaml")
     cfg = config_from_dict(data)
     return cfg.with_overrides(overrides) if overrides else cfg
 

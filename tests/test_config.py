@@ -52,3 +52,19 @@ def test_yaml_typo_in_file_is_refused(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(TokenGateError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- model\n- gates\n")
+    with pytest.raises(TokenGateError, match="is a YAML list, not a mapping of sections"):
+        load_config(path)
+
+
+def test_bench_and_visualize_targets_refuse_a_config_that_is_not_a_mapping(tmp_path):
+    from pipeline.bench.target import load_target
+
+    path = tmp_path / "scalar.yaml"
+    path.write_text("3\n")
+    with pytest.raises(TokenGateError, match="is a YAML int, not a mapping of sections"):
+        load_target(path)

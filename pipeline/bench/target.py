@@ -1,22 +1,20 @@
 """What `tokengate bench` / `visualize` were pointed at: a trained run directory, or a YAML config (random or
-checkpoint weights) whose `bench:` section (pipeline.config.BenchConfig) says how to derive the four models:
+checkpoint weights) whose `bench:` section (pipeline.config.BenchConfig) says how to derive the run that is timed
+(pipeline/bench/prepare.py): the teacher, and a student sliced and thresholded as follows.
     keep_ratios: [0.7, 0.49, 0.34]  # cumulative share of patch tokens kept after each token stage
-    heads_fraction: 0.75            # static structure of the `static` and `combined` models: heads kept per layer
+    heads_fraction: 0.75            # the student's static structure: heads kept per layer
     mlp_fraction: 0.75              # ... and MLP hidden channels kept per layer
-    images: sample-photos           # calibration / timing images: sample-photos (scikit-image) or val (data.*)
-    num_images: 96                  # how many (sample photos are cropped and flipped to reach the count)
+    images: sample-photos           # visualize's images for a config: sample-photos (scikit-image) or val (data.*)
+    num_images: 96                  # how many photos (cropped and flipped to reach the count)
     seed: 0                         # random weights and crops
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
-from pipeline.config import BenchConfig, Config, config_from_dict, load_run_config
+from pipeline.config import BenchConfig, Config, load_config, load_run_config
 from pipeline.errors import fail
 
 
@@ -45,11 +43,5 @@ def load_target(path: str | Path, overrides: tuple[str, ...] = ()) -> Target:
     if not path.is_file():
         raise fail(f"{path} is neither a run directory nor a config file",
                    "pass runs/NAME (after `tokengate train`) or a YAML config such as configs/deit-s-224.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise fail(f"{path} is not valid YAML/JSON ({str(exc).splitlines()[0]})", "fix its syntax") from None
-    cfg = config_from_dict(dict(data or {}))
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
+    cfg = load_config(path, overrides)  # YAML or JSON (a subset of YAML); refuses a file that is not a mapping
     return Target(name=cfg.name, source=path, cfg=cfg, spec=cfg.bench, run_dir=None)
