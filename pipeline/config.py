@@ -144,8 +144,9 @@ class PhaseConfig:
     warmup_steps: int = 50
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise fail(f"phase {self} has a non-positive value", "use epochs >= 0, batch_size >= 1, lr > 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise fail(f"phase {self} has an out-of-range value",
+                       "use epochs >= 0, batch_size >= 1, lr > 0, weight_decay >= 0, warmup_steps >= 0")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,18 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0 = all cores
     eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        positive = {"gate_lr": self.gate_lr, "threshold_lr": self.threshold_lr, "kd_temperature": self.kd_temperature,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if not value > 0:
+                raise fail(f"train.{name}={value} must be positive", f"set train.{name} as in configs/fmnist-tiny.yaml")
+        if self.kd_weight < 0 or self.threads < 0:
+            raise fail(f"train.kd_weight={self.kd_weight} and train.threads={self.threads} must not be negative",
+                       "use kd_weight >= 0 (0 = no distillation) and threads >= 0 (0 = all cores)")
+        if not 0 <= self.label_smoothing < 1:
+            raise fail(f"train.label_smoothing={self.label_smoothing} is outside [0, 1)", "e.g. 0.1, or 0 for none")
 
 
 @dataclass(frozen=True)

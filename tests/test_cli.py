@@ -27,6 +27,8 @@ def _run_train(tmp_path, fmnist_root, capsys, *sets, config_text=None):
     (["gates.init_threshold=500"], ["gates.init_threshold=500"]),
     (["budget.target=1.2"], ["budget.target=1.2 is outside (0, 1]"]),
     (["budget.target=0.01"], ["below", "the cheapest this model can get", "raise budget.target"]),
+    (["gates.merge_block=0"], ["gates.merge_block=0", "training-free", "tokengate calibrate adds the merge stage"]),
+    (["train.kd_temperature=0"], ["train.kd_temperature=0.0 must be positive"]),
     (["data.root=/nonexistent"], ["Fashion-MNIST file /nonexistent/train-images-idx3-ubyte.gz is missing"]),
 ])
 def test_bad_input_is_one_line_with_a_fix(tmp_path, fmnist_root, capsys, sets, words):

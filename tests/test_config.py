@@ -32,6 +32,9 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     ("train.teacher.epochs=three", ["has type str, expected int"]),
     ("model.img_size=30", ["not divisible by model.patch_size=4"]),
     ("nonsense", ["not of the form key=value"]),
+    ("train.eval_batch_size=0", ["train.eval_batch_size=0 must be positive"]),
+    ("train.label_smoothing=1", ["train.label_smoothing=1.0 is outside [0, 1)"]),
+    ("train.search.warmup_steps=-1", ["out-of-range value", "warmup_steps >= 0"]),
 ])
 def test_bad_overrides_name_the_key_and_the_fix(override, words):
     with pytest.raises(TokenGateError) as err:

@@ -55,6 +55,7 @@ def train(cfg: Config, out: str | Path) -> dict:
     try:
         dataset = load_dataset(cfg.data, cfg.model)  # bad data or models fail before the run dir is touched
         check_architecture(cfg.model)
+        check_trainable_gates(cfg)
         check_budget(cfg)
         initial = None
         if not (out / TEACHER_FILE).is_file():
@@ -159,6 +160,15 @@ def train_student(cfg: Config, teacher: GatedViT, dataset: Dataset, out: Path, r
         save_student(students[0], out / STUDENT_FILE, cfg)
     barrier()
     return students[0].eval()
+
+
+def check_trainable_gates(cfg: Config) -> None:
+    """Refuse a merge stage up front: it has no training forward, and the student is only built after the teacher
+    has trained."""
+    if cfg.gates.merge_block is not None:
+        raise fail(f"gates.merge_block={cfg.gates.merge_block} asks for a merge stage, which is training-free (it has "
+                   "no masked training forward)",
+                   "train with gates.merge_block=null; tokengate calibrate adds the merge stage to a trained run")
 
 
 def check_budget(cfg: Config) -> None:
