@@ -160,6 +160,8 @@ def _stats_for(stats: tuple[tuple[float, ...], tuple[float, ...]], in_chans: int
 
 def stratified_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """A deterministic subset of `count` indices with the classes in their original proportions."""
+    if count < 0:
+        raise ValueError(f"a subset of {count} images: callers check counts before asking")
     count = min(count, len(labels))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=generator)

@@ -88,6 +88,8 @@ def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
     assert main(["bench", str(bench_run), "--runtime", "torch", "--flavors", "capped"]) == 2
     assert main(["bench", str(bench_run), "--flavors", "fused"]) == 2
     assert main(["bench", str(bench_run), "--sessions", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert main(["bench", str(bench_run), "--images", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert main(["bench", str(bench_run), "--top1-limit", "-5", "--json", str(tmp_path / "b.json")]) == 2
     assert "Fix:" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
     from pipeline.bench.options import BenchOptions
     from pipeline.bench.run import run_bench
@@ -95,6 +97,33 @@ def test_bench_refuses_bad_input(bench_run, tmp_path, capsys):
 
     with pytest.raises(TokenGateError, match="--turns 'round' is not one of batch, pool"):
         run_bench(bench_run, BenchOptions(turns="round"))
+
+
+def test_the_engine_runner_chunks_top1_batches_beyond_its_profile(tmp_path, monkeypatch):
+    """The bench builds an engine for its largest timed batch, then runs top-1 in batches of 256: the runner must
+    split those into chunks the profile accepts rather than refuse them."""
+    import pipeline.build.run_build as run_build
+    import pipeline.runners.tensorrt as tensorrt
+    from pipeline.bench.run import engine_runner
+
+    calls = {}
+
+    class Built:
+        engine = tmp_path / "model.plugin.engine"
+
+    def build_engine(path, precision, batch):
+        calls["build"] = (path, precision, batch)
+        return Built()
+
+    def runner(engine, **kwargs):
+        calls["runner"] = (engine, kwargs)
+        return "runner"
+
+    monkeypatch.setattr(run_build, "build_engine", build_engine)
+    monkeypatch.setattr(tensorrt, "TensorRTRunner", runner)
+    assert engine_runner(tmp_path / "model.plugin.onnx", 16) == "runner"
+    assert calls["build"] == (tmp_path / "model.plugin.onnx", "fp16", "1,16,16")
+    assert calls["runner"] == (Built.engine, {"auto_chunk": True})
 
 
 @pytest.mark.slow
