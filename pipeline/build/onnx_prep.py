@@ -146,7 +146,8 @@ def check_precision(model: onnx.ModelProto, path: Path, precision: str) -> None:
     if precision == "int8" and not qdq:
         raise fail(f"{path} has no QuantizeLinear/DequantizeLinear nodes, so nothing in it would run in int8 "
                    "(TensorRT 10+ quantizes explicitly, from Q/DQ nodes)",
-                   f"quantize it first: tokengate quantize {path.parent}, then build the quantized ONNX it writes")
+                   f"quantize it first: tokengate quantize {path}, then build the "
+                   f"{path.stem}.int8.onnx it writes")
     if precision != "int8" and qdq:
         raise fail(f"{path} is quantized ({qdq} Q/DQ nodes), so its engine would run in int8, not {precision}",
                    "build it with --precision int8, or build the unquantized export")

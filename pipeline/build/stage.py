@@ -81,4 +81,4 @@ def _quantized(run: Path, flavor: str) -> Path:
         if count_qdq(onnx.load(str(path), load_external_data=False)):
             return path
     raise Skip(f"int8 needs a quantized (Q/DQ) model.{flavor}.*.onnx in {run}, and there is none. Fix: tokengate "
-               f"quantize {run}, or PRECISION=fp16")
+               f"quantize {run}/model.{flavor}.onnx, or PRECISION=fp16")
