@@ -72,6 +72,9 @@ def validate(artifact: str | Path, batch_sizes: Optional[Sequence[int]] = None, 
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     sizes = sorted(set(batch_sizes or cfg.validate.batch_sizes) | {1})
     runner = make_runner(artifact, runtime)
+    opened = Path(getattr(runner, "path", subject.artifact))
+    if subject.kind == "onnx" and opened != Path(subject.artifact):
+        subject = describe(opened)  # a GPU provider opened the standard-op sibling: compare and report that file
     reference = None if subject.kind == "run" else reference_runner(subject)
     data = _ValidationData(cfg, limit)
     shared = None
@@ -86,7 +89,7 @@ def validate(artifact: str | Path, batch_sizes: Optional[Sequence[int]] = None, 
     if shared is not None:
         for out in results.values():
             out.reference = shared
-    return _report(subject, runner, reference, data, results, Tolerances(
+    return _report(subject, Path(artifact), runner, reference, data, results, Tolerances(
         cfg.validate.tol_vs_torch, cfg.validate.tol_vs_b1, cfg.validate.max_flips))
 
 
@@ -165,8 +168,9 @@ def _run_batch_size(runner: Runner, reference: Optional[Runner], data: _Validati
     return out
 
 
-def _report(subject: Subject, runner: Runner, reference: Optional[Runner], data: _ValidationData,
+def _report(subject: Subject, requested: Path, runner: Runner, reference: Optional[Runner], data: _ValidationData,
             outputs: dict[int, _Outputs], tol: Tolerances) -> dict:
+    """The report of the file that ran (`artifact`); `requested` differs where a GPU provider opened a sibling."""
     base = outputs[1]
     results, failures = {}, []
     for size, out in outputs.items():
@@ -184,7 +188,7 @@ def _report(subject: Subject, runner: Runner, reference: Optional[Runner], data:
         failures += _broken(size, result, tol, subject.batch_invariant)
     top1 = [r["top1"] for r in results.values()]
     return {
-        "artifact": str(subject.artifact), "runtime": runner.runtime, "results": results,
+        "artifact": str(subject.artifact), "requested": str(requested), "runtime": runner.runtime, "results": results,
         "flavor": subject.flavor,
         "reference": "self" if reference is None else f"torch {subject.reference_model} of {subject.run_dir}",
         "images": int(len(data.kept)), "batch_invariant": subject.batch_invariant,

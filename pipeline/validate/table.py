@@ -22,6 +22,9 @@ def print_report(report: dict, console: Optional[Console] = None) -> None:
                       _mark(r["flips_vs_b1"], tol["max_flips"] if invariant else None, "{}"),
                       _mark(r["max_abs_diff_vs_torch"], tol["vs_torch"], "{:.2e}"), kept)
     console.print(table)
+    if report.get("requested", report["artifact"]) != report["artifact"]:
+        console.print(f"[yellow]{report['requested']} was asked for; {report['runtime']} opened and validated "
+                      f"{report['artifact']} instead (pipeline/runtime.py says why)[/]")
     if report["excluded_samples"]:
         ids = ", ".join(s["id"] for s in report["excluded_samples"][:10])
         console.print(f"[yellow]excluded {len(report['excluded_samples'])} images with NaN/Inf inputs: {ids}[/]")

@@ -37,7 +37,7 @@ def run(tmp_path_factory, fmnist_root):
 def test_report_json_on_a_small_model(run):
     report = validate(run / "model.plugin.onnx", [3, 8], limit=16, show_progress=False)
     assert {"artifact", "runtime", "results"} <= set(report)
-    assert report["artifact"] == str(run / "model.plugin.onnx") and report["runtime"] == "ort-cpu"
+    assert report["artifact"] == report["requested"] == str(run / "model.plugin.onnx") and report["runtime"] == "ort-cpu"
     assert list(report["results"]) == ["1", "3", "8"]  # batch 1 is always run: the others are compared with it
     for size, r in report["results"].items():
         assert set(r) == RESULT_KEYS
@@ -51,6 +51,27 @@ def test_report_json_on_a_small_model(run):
     assert report["tolerances"] == {"vs_torch": 1e-4, "vs_b1": 1e-5, "max_flips": 0}
     json.dumps(report, allow_nan=False)  # strict JSON
     assert summary_line(report).startswith("plugin: top-1 ") and "0 flips (batches 1,3,8)" in summary_line(report)
+
+
+def test_a_sibling_opened_in_place_of_the_plugin_file_is_what_the_report_names(run, monkeypatch, capsys):
+    """On a GPU provider ONNX Runtime opens model.native.onnx for model.plugin.onnx (runtime._avoid_cpu_custom_op):
+    the report, its flavor and its PyTorch reference must be those of the file that ran."""
+    import pipeline.runtime as runtime
+    from pipeline.validate.table import print_report
+
+    plan_session = runtime.plan_session
+
+    def native_instead(path, *args, **kwargs):
+        plan = plan_session(path, *args, **kwargs)
+        sibling = plan.path.with_name("model.native.onnx")
+        return runtime.replace(plan_session(sibling, *args, **kwargs), requested=plan.path)
+
+    monkeypatch.setattr(runtime, "plan_session", native_instead)
+    report = validate(run / "model.plugin.onnx", [3], limit=8, show_progress=False)
+    assert report["artifact"] == str(run / "model.native.onnx") and report["flavor"] == "native"
+    assert report["requested"] == str(run / "model.plugin.onnx") and report["passed"]
+    print_report(report)
+    assert "model.plugin.onnx was asked for; ort-cpu opened and validated" in capsys.readouterr().out
 
 
 def test_cli_writes_json_and_prints_the_table(run, tmp_path, capsys):
