@@ -184,7 +184,7 @@ class ExportConfig:
 
     opset: int = 20
     # capped flavor: K per stage = this quantile of kept counts on validation data. 0.99 kept the default run's top-1
-    # at every measured quantile down to 0.95 and truncates ~1.4% of its images, for most of the speed that lower
+    # at every measured quantile down to 0.95 and truncates 0.85% of its images, for most of the speed that lower
     # caps give (docs/results.md, python -m tools.capped_quantiles)
     capped_quantile: float = 0.99
     # where those kept counts come from: the validation split, or (runs that `tokengate bench CONFIG` writes for a

@@ -1,4 +1,5 @@
-"""bench.json (the issue's schema plus extra keys) and bench.md (one table per batch size)."""
+"""bench.json (rows, speedups, efficiencies, parity, the timed files and their sha256) and bench.md (one table per
+batch size)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence

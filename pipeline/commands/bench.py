@@ -4,7 +4,7 @@
 Times the files a user ships: a run's model.dense.onnx against each of its model.<flavor>.onnx (exported first when
 missing). A config first becomes a run directory under --run-root.
 
-With several targets, bench.json holds the first one's report (the issue's schema) and the others' reports, in the
+With several targets, bench.json holds the first one's report at its top level and the others' reports, in the
 same schema, under "other_targets"; bench.md has one section and bench.png one panel per target.
 """
 from __future__ import annotations
