@@ -28,7 +28,6 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import atomic_path
-from pipeline.contract import DOMAIN
 from pipeline.errors import fail
 from pipeline.export import schema
 from pipeline.export.batch_one import is_joined
@@ -107,19 +106,17 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], images: np.ndarra
 
 
 def cpu_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session; TokenSelect (plugin flavor) is registered by pipeline.runtime where it exists."""
-    try:
-        from pipeline.runtime import ort_session
-    except ImportError:
-        ort_session = None
-    if ort_session is not None:
-        return ort_session(path, device="cpu")
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session, TokenSelect (plugin flavor) registered by pipeline.runtime where the graph has it."""
+    from pipeline.runtime import ort_session
 
-    if any(n.domain == DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node):
-        raise fail("this build cannot run the plugin flavor's TokenSelect in ONNX Runtime",
-                   "quantize model.native.onnx or model.capped.onnx instead")
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort_session(path, device="cpu")
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a precision this module does not quantize to (the others are build-time choices)."""
+    if precision not in PRECISIONS:
+        raise fail(f"--precision {precision} is not a quantization this command makes",
+                   "use --precision int8 (fp16 and fp32 are chosen at build time: tokengate build --precision fp16)")
 
 
 def quantize_onnx(src: str | Path, cal: CalibSet, images: np.ndarray, out: Optional[str | Path] = None,
@@ -127,9 +124,7 @@ def quantize_onnx(src: str | Path, cal: CalibSet, images: np.ndarray, out: Optio
     """Write the Q/DQ model next to `src` (or to `out`) with the source's TokenGate metadata plus a quantization
     record. `images`: the calibration set as float32 model inputs [N, C, H, W]. `score_layers_fp32` also keeps the
     qkv projections that feed the token scores in fp32 (fewer kept-token changes, a little less int8)."""
-    if precision not in PRECISIONS:
-        raise fail(f"--precision {precision} is not a quantization this command makes",
-                   "use --precision int8 (fp16 and fp32 are chosen at build time: tokengate build --precision fp16)")
+    check_precision(precision)
     quantization = import_quantizer()
     src = Path(src)
     info = read_info(src)

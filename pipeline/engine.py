@@ -80,14 +80,14 @@ def stage_validate(args: argparse.Namespace) -> str:
 
 def _split_consistency(run: Path) -> list[str]:
     """Group gates trained with several sub-group split modes: USDC's batch-size table, also kept in summary.json."""
-    from pipeline.artifacts import read_json, write_json
+    from pipeline.artifacts import update_summary
     from pipeline.validate.consistency import consistency, print_consistency, split_variants, summary_line
 
     if len(split_variants(run)) < 2:
         return []
     report = consistency(run)
     print_consistency(report)
-    write_json(run / "summary.json", dict(read_json(run / "summary.json"), consistency=report))
+    update_summary(run, "consistency", report)
     return [summary_line(report)]
 
 

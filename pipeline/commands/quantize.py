@@ -28,13 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     from calib.check_data import calibration_inputs, validation_inputs
     from calib.qdq_check import compare, patch_count, stage_compactions
-    from calib.quantize import PRECISIONS, import_quantizer, quantize_onnx
+    from calib.quantize import check_precision, import_quantizer, quantize_onnx
     from calib.sets import load_set
-    from pipeline.errors import fail
 
-    if args.precision not in PRECISIONS:
-        raise fail(f"--precision {args.precision} is not a quantization this command makes",
-                   "use --precision int8 (fp16 and fp32 are chosen at build time: tokengate build --precision fp16)")
+    check_precision(args.precision)  # before the calibration set and the quantizer load
     import_quantizer()
     info = read_info(args.onnx)
     cal = load_set(args.calib_set)
