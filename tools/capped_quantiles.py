@@ -3,9 +3,9 @@
     python -m tools.capped_quantiles RUN [--quantiles 0.9,0.95,0.99,1.0] [--batch-sizes 1,16] [--rounds 4]
         [--json capped.json]
 
-For each quantile, the run's files are copied into a scratch run directory (RUN/.capped-q<Q>/), where
-`tokengate export`'s own code writes its model.capped.onnx and `tokengate bench`'s own code times it against
-model.dense.onnx on ONNX Runtime CPU. Top-1 is the capped file's on the whole validation split (a trained run), via
+For each quantile, the run's files are copied into a scratch run directory (RUN/.capped-q<Q>-*/, removed after its
+row), where `tokengate export`'s own code writes its model.capped.onnx and `tokengate bench`'s own code times it
+against model.dense.onnx on ONNX Runtime CPU. Top-1 is the capped file's on the whole validation split (a trained run), via
 the runner `tokengate validate` uses. The shipped RUN/model.capped.onnx is left as it is.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,20 +26,19 @@ from pipeline.export.run_export import export_run
 RUN_FILES = ("config.json", "teacher.safetensors", "student.safetensors")
 
 
-def scratch_run(run: Path, quantile: float) -> Path:
-    out = run / f".capped-q{quantile:g}"
-    out.mkdir(exist_ok=True)
+def copy_run(run: Path, out: Path) -> Path:
     for name in RUN_FILES:
         shutil.copy2(run / name, out / name)
     return out
 
 
 def measure(run: Path, quantile: float, batch_sizes: Sequence[int], rounds: int, images: Optional[int] = None) -> dict:
-    scratch = scratch_run(run, quantile)
-    export_run(scratch, ["capped", "dense"], quantile=quantile)
-    capped = read_json(scratch / "summary.json")["capped"]
-    report = run_bench(scratch, BenchOptions(batch_sizes=tuple(batch_sizes), rounds=rounds, flavors=("capped",),
-                                             images=images, show=False))
+    with tempfile.TemporaryDirectory(prefix=f".capped-q{quantile:g}-", dir=run) as scratch_dir:
+        scratch = copy_run(run, Path(scratch_dir))
+        export_run(scratch, ["capped", "dense"], quantile=quantile)
+        capped = read_json(scratch / "summary.json")["capped"]
+        report = run_bench(scratch, BenchOptions(batch_sizes=tuple(batch_sizes), rounds=rounds, flavors=("capped",),
+                                                 images=images, show=False))
     top1 = next((r["top1"] for r in report["rows"] if r["model"] == "capped"), None)
     return {"quantile": quantile, "caps": capped["caps"], "truncation_rate": capped["truncation_rate"], "top1": top1,
             "speedup_vs_dense": {str(b): report["speedup_vs_dense"][f"capped@{b}"] for b in batch_sizes},

@@ -22,4 +22,5 @@ def test_sweep_reports_caps_truncation_top1_and_speed(tmp_path, fmnist_root, cap
     for row in rows.values():
         assert set(row["speedup_vs_dense"]) == {"1", "4"} and row["top1"] is not None
     assert not (run / "model.capped.onnx").exists()
+    assert not list(run.glob(".capped-*")), "the scratch runs are removed"
     assert "| 0.5 |" in capsys.readouterr().out
