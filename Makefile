@@ -18,7 +18,7 @@ OTHER_ORT := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 EXTRAS := $(PROFILE),rtx,test
 BENCH_ARGS ?= --runtime ort-cpu --batch-sizes 1,16 --rounds 8
 
-.PHONY: setup data engine test bench plugins trtexec gpu-check clean
+.PHONY: setup data engine test bench plugins trtexec gpu-check clean clean-runs
 
 setup: $(VENV)/.installed-$(PROFILE) data
 
@@ -91,5 +91,9 @@ gpu-check: setup
 		$(PY) -m pip install --quiet --no-index --find-links .whl onnxruntime-gpu; fi
 	$(PY) -m pipeline.gpu_check --run $(RUN) --json $(GPU_CHECK_OUT)gpu-check.json --table $(GPU_CHECK_OUT)gpu-check.md
 
+# Build outputs only: trained runs (minutes to hours of work) stay; `make clean-runs` removes runs/ too.
 clean:
-	rm -rf runs plugins/build .pytest_cache
+	rm -rf plugins/build .pytest_cache
+
+clean-runs: clean
+	rm -rf runs

@@ -15,7 +15,6 @@ Without a GPU it says so, writes the JSON with every part skipped, and exits 0. 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from pipeline.artifacts import write_json, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = 1
@@ -448,9 +449,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--table", type=Path, default=Path("gpu-check.md"))
     args = parser.parse_args(argv)
     report = run_all(args.run, args.config)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     text = table(report)
-    args.table.write_text(text)
+    write_text(args.table, text)
     if report["gpu"] is None:
         print(f"gpu-check: no NVIDIA GPU found, nothing to check; every part is skipped in {args.json}")
         return 0
