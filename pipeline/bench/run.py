@@ -273,7 +273,8 @@ def accuracy(trained: bool, cfg: Config, runners: dict[str, Runner], opts: Bench
 
 def device_name(runtime: str, runners: dict[str, Runner], threads: int) -> str:
     if runtime == "tensorrt":
-        return "TensorRT engine"
+        info = next(iter(runners.values())).info  # every engine of one bench is built by the same runtime and target
+        return f"{info.runtime} {info.runtime_version} {info.precision} engine, {info.target}, on {gpu_name()}"
     if runtime == "torch":
         import torch
 
@@ -284,7 +285,14 @@ def device_name(runtime: str, runners: dict[str, Runner], threads: int) -> str:
 
     provider = next(iter(runners.values())).session.get_providers()[0]
     where = cpu_name() if provider == "CPUExecutionProvider" else "GPU"
-    return f"onnxruntime {onnxruntime.__version__} {provider} on {where} ({threads or os.cpu_count()} threads)"
+    count = f"{threads} threads" if threads else "ONNX Runtime's default threads: one per physical core"
+    return f"onnxruntime {onnxruntime.__version__} {provider} on {where} ({count})"
+
+
+def gpu_name() -> str:
+    from pipeline.build.targets import query_gpu
+
+    return (query_gpu("name") or ["an unnamed GPU"])[0]
 
 
 def cpu_name() -> str:

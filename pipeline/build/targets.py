@@ -69,16 +69,23 @@ def _from_torch() -> Optional[str]:
 
 def _from_nvidia_smi() -> Optional[str]:
     """The first GPU's compute capability from nvidia-smi (drivers from 510 on know `compute_cap`)."""
+    values = query_gpu("compute_cap")
+    return from_compute_cap(values[0]) if values else None
+
+
+def query_gpu(fields: str) -> Optional[list[str]]:
+    """The first GPU's values of nvidia-smi's --query-gpu `fields` (comma-separated), or None where nvidia-smi is
+    missing, fails or lists no GPU."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
-    return from_compute_cap(lines[0]) if lines else None
+    return [cell.strip() for cell in lines[0].split(",")] if lines else None
 
 
 def detect_target() -> Optional[str]:

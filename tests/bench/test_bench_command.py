@@ -194,3 +194,21 @@ def test_a_configs_run_benches_again_as_a_run(tmp_path, fmnist_root):
     again = _bench(first["run_dir"], tmp_path / "b.json", "--runtime", "torch")
     assert again["images"] == first["images"] and again["images"].startswith("scikit-image sample photos")
     assert again["top1_source"].startswith("null")
+
+
+def test_device_names_the_threads_and_the_engine_it_timed(monkeypatch):
+    """bench.json's device: ONNX Runtime's thread count as set (0 is its own default, not os.cpu_count()), and for
+    engines the runtime, version, precision, target and GPU."""
+    from types import SimpleNamespace
+
+    import pipeline.build.targets as targets
+    from pipeline.bench.run import device_name
+
+    session = SimpleNamespace(get_providers=lambda: ["CPUExecutionProvider"])
+    ort = {"dense": SimpleNamespace(session=session)}
+    assert device_name("ort-cpu", ort, 2).endswith("(2 threads)")
+    assert device_name("ort-cpu", ort, 0).endswith("(ONNX Runtime's default threads: one per physical core)")
+    info = SimpleNamespace(runtime="tensorrt", runtime_version="10.13.0", precision="fp16", target="sm90")
+    monkeypatch.setattr(targets, "query_gpu", lambda fields: ["NVIDIA H100 80GB HBM3"])
+    engines = {"dense": SimpleNamespace(info=info)}
+    assert device_name("tensorrt", engines, 0) == "tensorrt 10.13.0 fp16 engine, sm90, on NVIDIA H100 80GB HBM3"

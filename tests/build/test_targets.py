@@ -66,3 +66,10 @@ def test_no_gpu_when_nvidia_smi_fails_or_is_absent(monkeypatch, tmp_path):
     assert targets.detect_target() is None
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert targets.detect_target() is None
+
+
+def test_query_gpu_reads_the_first_gpus_fields(monkeypatch, tmp_path):
+    _fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA H100 80GB HBM3, 9.0\\nNVIDIA L4, 8.9\\n")
+    assert targets.query_gpu("name,compute_cap") == ["NVIDIA H100 80GB HBM3", "9.0"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert targets.query_gpu("name") is None
