@@ -44,9 +44,10 @@ def export_run(run_dir: str | Path, flavors: Optional[Sequence[str]] = None, ops
         caps, rate = (None, None)
         if flavor == "capped":
             caps, rate = capped_limits(calibration_lengths(student, cfg), student.num_prefix, quantile)
-            update_summary(run_dir, "capped", {"caps": caps, "quantile": quantile, "truncation_rate": rate})
         info = ExportInfo.of(model, cfg, flavor, run_dir, opset, caps, rate)
         written[flavor] = export_onnx(model, flavor, artifact_path(run_dir, flavor), info, opset, caps)
+        if flavor == "capped":  # summary.json describes the capped file on disk, so only once it is written
+            update_summary(run_dir, "capped", {"caps": caps, "quantile": quantile, "truncation_rate": rate})
     return written
 
 
