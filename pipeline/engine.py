@@ -51,6 +51,15 @@ def stage_export(args: argparse.Namespace) -> str:
 VALIDATED_FLAVORS = ("packed", "native", "plugin")  # the adaptive ones; capped truncates by design (summary.json)
 
 
+def run_flavors(run: Path, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of `wanted` that the run's student can express (a student without token stages: native only)."""
+    from pipeline.export.onnx_export import expressible_flavors
+    from pipeline.models import load_student
+
+    expressible = expressible_flavors(load_student(run))
+    return tuple(f for f in wanted if f in expressible)
+
+
 def stage_validate(args: argparse.Namespace) -> str:
     """The adaptive flavors on ONNX Runtime CPU, every batch size, one shared PyTorch reference; a broken tolerance
     fails the stage."""
@@ -60,7 +69,7 @@ def stage_validate(args: argparse.Namespace) -> str:
     from pipeline.validate.table import print_report, summary_line
 
     lines, failures, references = [], [], {}
-    for flavor in VALIDATED_FLAVORS:
+    for flavor in run_flavors(Path(args.run), VALIDATED_FLAVORS):
         path = Path(args.run) / f"model.{flavor}.onnx"
         if not path.is_file():
             raise fail(f"{path} is missing, so its flavor cannot be validated",

@@ -69,19 +69,38 @@ def check_opset(opset: int) -> None:
 
 def check_exportable(model: GatedViT, flavor: str) -> None:
     """Refuse, before any work, a flavor that cannot express `model` (one line naming the fix)."""
+    refusal = exportable_refusal(model, flavor)
+    if refusal is not None:
+        raise fail(*refusal)
+
+
+def exportable_refusal(model: GatedViT, flavor: str) -> Optional[tuple[str, str]]:
+    """(problem, fix) where `flavor` cannot express `model`, else None. A student without token stages is the
+    sliced model alone: its native file, standard ops with nothing to select, is the one every runtime runs."""
     if flavor not in FLAVORS:
-        raise fail(f"unknown flavor {flavor!r}", f"use one of {', '.join(FLAVORS)} (or 'all')")
+        return f"unknown flavor {flavor!r}", f"use one of {', '.join(FLAVORS)} (or 'all')"
     if model.group_gates is not None:
-        raise fail("group-level dynamic gates decide per batch, which no static graph can express",
-                   "export a run trained with gates.dynamic=none")
-    if flavor == "dense":
-        return
+        return ("group-level dynamic gates decide per batch, which no static graph can express",
+                "export a run trained with gates.dynamic=none")
+    if flavor in ("dense", "native"):
+        return None
     if not model.stages:
-        raise fail(f"the {flavor} flavor selects tokens, but this model has no token stages",
-                   "export --flavor dense, or train with token stages (gates.token_stages)")
+        return (f"the {flavor} flavor selects tokens, but this model has no token stages",
+                "export its native flavor (the sliced student in standard ops, which every runtime runs): "
+                "--flavor native, or train with token stages (gates.token_stages)")
     if flavor == "packed" and any(p.dtype != torch.float32 for p in model.parameters()):
-        raise fail("the packed flavor exports float32 models (its per-sample attention is written in float32)",
-                   "export the float32 model; ONNX Runtime and TensorRT choose lower precision later")
+        return ("the packed flavor exports float32 models (its per-sample attention is written in float32)",
+                "export the float32 model; ONNX Runtime and TensorRT choose lower precision later")
+    return None
+
+
+def expressible_flavors(student: GatedViT) -> tuple[str, ...]:
+    """The student's flavors that `export_run` writes by default, in FLAVORS order, then dense (the teacher);
+    refuses a student no flavor can express."""
+    students = tuple(f for f in FLAVORS if f != "dense" and exportable_refusal(student, f) is None)
+    if not students:
+        check_exportable(student, "native")  # the reason native, which any other student can be, is refused
+    return (*students, "dense")
 
 
 def export_onnx(model: GatedViT, flavor: str, path: str | Path, info: ExportInfo, opset: int = 20,

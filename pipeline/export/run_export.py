@@ -10,7 +10,8 @@ from pipeline.artifacts import update_summary
 from pipeline.config import Config, load_run_config
 from pipeline.errors import fail
 from pipeline.export.metadata import ExportInfo
-from pipeline.export.onnx_export import capped_limits, check_exportable, check_opset, export_onnx
+from pipeline.export.onnx_export import (capped_limits, check_exportable, check_opset, export_onnx,
+                                         expressible_flavors)
 from pipeline.flavors import FLAVORS
 from pipeline.models import GatedViT, load_student, load_teacher
 
@@ -21,8 +22,9 @@ def artifact_path(run_dir: str | Path, flavor: str) -> Path:
 
 def export_run(run_dir: str | Path, flavors: Optional[Sequence[str]] = None, opset: Optional[int] = None,
                quantile: Optional[float] = None) -> dict[str, Path]:
-    """Export the requested flavors of `run_dir` (None: all of them); returns {flavor: path}. Every flavor is
-    checked before the first file is written, so a refused one leaves nothing behind."""
+    """Export the requested flavors of `run_dir` (None: every one its student can express, and dense); returns
+    {flavor: path}. Every flavor is checked before the first file is written, so a refused one leaves nothing
+    behind."""
     run_dir = Path(run_dir)
     unknown = [f for f in flavors or () if f not in FLAVORS]
     if unknown:
@@ -34,7 +36,7 @@ def export_run(run_dir: str | Path, flavors: Optional[Sequence[str]] = None, ops
     if not 0 < quantile <= 1:
         raise fail(f"--quantile {quantile} is outside (0, 1]", "use 1.0 (the largest kept count seen) or e.g. 0.99")
     student = load_student(run_dir, cfg) if flavors is None or any(f != "dense" for f in flavors) else None
-    flavors = FLAVORS if flavors is None else tuple(flavors)
+    flavors = expressible_flavors(student) if flavors is None else tuple(flavors)
     teacher = load_teacher(run_dir, cfg) if "dense" in flavors else None
     for flavor in flavors:
         check_exportable(teacher if flavor == "dense" else student, flavor)
