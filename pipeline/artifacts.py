@@ -28,6 +28,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def save_onnx(proto: Any, path: str | Path, external_data: bool = False, check: bool = True) -> Path:
+    """Save an ONNX model atomically, checked (onnx.checker) before it takes the name. With `external_data`, the
+    weights go to PATH.data, which the model names: both files are written under their final names in a scratch
+    directory beside `path` and moved into place, the data first, so a failed save leaves the old pair intact."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not external_data:
+        with atomic_path(path) as tmp:
+            onnx.save_model(proto, str(tmp))
+            if check:
+                onnx.checker.check_model(str(tmp), full_check=False)
+        return path
+    data = path.with_name(path.name + ".data")
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
+        staged = Path(scratch) / path.name
+        onnx.save_model(proto, str(staged), save_as_external_data=True, location=data.name, size_threshold=0)
+        if check:
+            onnx.checker.check_model(str(staged), full_check=False)
+        for written in (staged.with_name(data.name), staged):  # onnx writes the data file 0600
+            os.chmod(written, 0o666 & ~_umask())
+        os.replace(staged.with_name(data.name), data)
+        os.replace(staged, path)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

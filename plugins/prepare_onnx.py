@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper
 
+from pipeline.artifacts import save_onnx
 from pipeline.build.onnx_prep import DOMAIN, OP_TYPE, add_plugin_outputs, to_fp16, token_count
 from pipeline.errors import TokenGateError
 
@@ -51,10 +52,9 @@ def prepare_file(src: Path, dst: Path, max_tokens: int | None = None, fp16: bool
         raise ValueError(f"{src} has no {DOMAIN}::{OP_TYPE} node; is it the plugin flavour?")
     if fp16:
         model = to_fp16(model)
-    if same_dir:
-        onnx.save(model, str(dst))  # external-data locations are relative to the directory: still valid
-    else:
-        onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    # Beside the input, the external-data locations (relative to the directory) stay valid; elsewhere the weights
+    # travel along in dst's own .data file. Either way a failed write leaves no half file at dst.
+    save_onnx(model, dst, external_data=not same_dir, check=False)
     return count
 
 

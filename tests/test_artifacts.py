@@ -39,3 +39,40 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
             raise RuntimeError("the writer failed")
     assert path.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
+
+
+def _tiny_onnx(scale: float):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((4, 4), scale, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_failed_onnx_save_keeps_the_previous_model_and_its_data(tmp_path, monkeypatch, external):
+    """With external data the model names its .data file, so both are staged and moved; a save that fails its check
+    leaves the previous pair, and no scratch file, behind."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.artifacts import save_onnx
+
+    path = tmp_path / "model.onnx"
+    save_onnx(_tiny_onnx(1.0), path, external_data=external)
+    assert (tmp_path / "model.onnx.data").is_file() == external
+    expected = 0o666 & ~_umask()
+    assert all(stat.S_IMODE(p.stat().st_mode) == expected for p in tmp_path.iterdir())
+
+    def broken(*args, **kwargs):
+        raise onnx.checker.ValidationError("broken on purpose")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    with pytest.raises(onnx.checker.ValidationError):
+        save_onnx(_tiny_onnx(2.0), path, external_data=external)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"][:1 + external]
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0], base_dir=str(tmp_path))
+    assert float(weight[0, 0]) == 1.0

@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_onnx
 from pipeline.errors import fail
 from pipeline.export import attention, schema, varlen
 from pipeline.export.batch_one import join_on_batch_one, join_selection
@@ -194,13 +194,7 @@ def apply_passes(proto: onnx.ModelProto, varlen_expansion: bool = False) -> dict
 
 def write_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
     """Save `proto` to `path` atomically (external data past 2 GB), checked before it takes the name."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        large = proto.ByteSize() > TWO_GB
-        onnx.save_model(proto, str(tmp), save_as_external_data=large,
-                        location=path.name + ".data" if large else None)
-        onnx.checker.check_model(str(tmp), full_check=False)
-    return path
+    return save_onnx(proto, path, external_data=proto.ByteSize() > TWO_GB)
 
 
 @contextlib.contextmanager
