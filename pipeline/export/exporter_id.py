@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pipeline
 
-# The packages of `pipeline` whose code decides what an export's graph is, and the distributions that trace it.
+# The code of `pipeline` that decides what an export's graph is (packages, and modules beside them: which flavors
+# score tokens TensorRT's way, the custom op's domain and name), and the distributions that trace it.
 GRAPH_PACKAGES = ("export", "models", "ops")
+GRAPH_MODULES = ("flavors.py", "contract.py")
 TRACERS = ("torch", "onnx", "onnxscript")
 
 
@@ -25,12 +27,12 @@ def exporter_id() -> str:
 
 
 def graph_code_digest(root: Path) -> str:
-    """16 hex digits of sha256 over the sources of GRAPH_PACKAGES under `root` (path and bytes, in path order) and the
-    TRACERS' installed versions."""
+    """16 hex digits of sha256 over the sources of GRAPH_PACKAGES and GRAPH_MODULES under `root` (path and bytes, in
+    path order) and the TRACERS' installed versions."""
     digest = hashlib.sha256()
-    for package in GRAPH_PACKAGES:
-        for source in sorted((root / package).rglob("*.py")):
-            digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    sources = [source for package in GRAPH_PACKAGES for source in sorted((root / package).rglob("*.py"))]
+    for source in sources + [root / module for module in GRAPH_MODULES]:
+        digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
     for dist in TRACERS:
         digest.update(f"{dist}=={_version(dist)}\0".encode())
     return digest.hexdigest()[:16]
