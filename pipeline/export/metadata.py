@@ -70,6 +70,9 @@ def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> Expo
     """Read ExportInfo back; a file without it is not one of ours, and says so."""
     path = Path(path)
     if proto is None:
+        if path.is_dir():
+            raise fail(f"{path} is a directory, where an exported ONNX file was expected",
+                       f"pass one of its files, e.g. {path / 'model.native.onnx'}")
         if not path.is_file():
             raise fail(f"{path} does not exist", "export it first: tokengate export RUN --flavor ...")
         try:

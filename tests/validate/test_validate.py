@@ -161,6 +161,13 @@ def test_foreign_onnx_is_refused(tmp_path, fmnist_root):
     assert main(["validate", str(path)]) == 2
 
 
+def test_a_run_directory_where_an_onnx_file_belongs_names_the_file_to_pass(run, capsys):
+    """validate takes a run directory (its PyTorch student); quantize takes one exported file."""
+    assert main(["quantize", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run} is a directory" in err[0] and "model.native.onnx" in err[0], err
+
+
 def test_dense_flavor_is_compared_with_the_teacher(tmp_path, fmnist_root):
     cfg = tiny_config(fmnist_root)
     run = make_run(tmp_path / "run", cfg)
