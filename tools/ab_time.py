@@ -53,17 +53,14 @@ def cut_branches(specs: dict[str, tuple[Path, Optional[int]]], folder: Path) -> 
     import onnx
 
     from pipeline.export.batch_one import branch_model, is_joined
+    from pipeline.export.metadata import load_export
 
     files = {}
     for name, (path, batch) in specs.items():
         if batch is None:
             files[name] = path
             continue
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:  # onnx raises DecodeError and others for bytes that are not a model
-            raise fail(f"{path} is not a readable ONNX file ({type(exc).__name__})",
-                       "pass a packed file that `tokengate export --flavor packed` wrote") from None
+        model = load_export(path, load_external_data=True)
         if not is_joined(model):
             raise fail(f"{path} has no batch-one branch to cut out (@{batch})",
                        "pass a packed file that `tokengate export --flavor packed` wrote, or drop the @")

@@ -66,20 +66,26 @@ def attach(proto: onnx.ModelProto, info: ExportInfo) -> None:
         prop.key, prop.value = PREFIX + key, json.dumps(value)
 
 
+def load_export(path: str | Path, load_external_data: bool = False) -> onnx.ModelProto:
+    """The ONNX model at `path`, or one line saying why there is none (no file, a directory, not ONNX)."""
+    path = Path(path)
+    if path.is_dir():
+        raise fail(f"{path} is a directory, where an exported ONNX file was expected",
+                   f"pass one of its files, e.g. {path / 'model.native.onnx'}")
+    if not path.is_file():
+        raise fail(f"{path} does not exist", "export it first: tokengate export RUN --flavor ...")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise fail(f"{path} is not a readable ONNX file ({type(exc).__name__})",
+                   "pass a file written by `tokengate export`") from None
+
+
 def read_info(path: str | Path, proto: Optional[onnx.ModelProto] = None) -> ExportInfo:
     """Read ExportInfo back; a file without it is not one of ours, and says so."""
     path = Path(path)
     if proto is None:
-        if path.is_dir():
-            raise fail(f"{path} is a directory, where an exported ONNX file was expected",
-                       f"pass one of its files, e.g. {path / 'model.native.onnx'}")
-        if not path.is_file():
-            raise fail(f"{path} does not exist", "export it first: tokengate export RUN --flavor ...")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
-            raise fail(f"{path} is not a readable ONNX file ({type(exc).__name__})", "pass a file written by "
-                       "`tokengate export`") from None
+        proto = load_export(path)
     props = {p.key[len(PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
     if "format" not in props:
         raise fail(f"{path} has no TokenGate metadata, so its thresholds, config and flavor are unknown",
