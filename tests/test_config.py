@@ -45,29 +45,22 @@ def test_bad_overrides_name_the_key_and_the_fix(override, words):
         assert word in message
 
 
-def test_yaml_typo_in_file_is_refused(tmp_path):
+@pytest.mark.parametrize("text, words", [
+    ("model:\n  arch: deit_tiny_patch16_224\n  num_clases: 10\n", "unknown config key 'model.num_clases'.*num_classes"),
+    ("- model\n- gates\n", "is a YAML list, not a mapping of sections"),
+    ("3\n", "is a YAML int, not a mapping of sections"),
+])
+def test_a_bad_config_file_is_refused_by_every_loader(tmp_path, text, words):
+    """train's load_config, and bench's and visualize's load_target, which reads a CONFIG target with it."""
+    from pipeline.bench.target import load_target
+
     path = tmp_path / "bad.yaml"
-    path.write_text("model:\n  arch: deit_tiny_patch16_224\n  num_clases: 10\n")
-    with pytest.raises(TokenGateError, match="unknown config key 'model.num_clases'.*num_classes"):
-        load_config(path)
+    path.write_text(text)
+    for load in (load_config, load_target):
+        with pytest.raises(TokenGateError, match=words):
+            load(path)
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(TokenGateError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
-
-
-def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
-    path = tmp_path / "list.yaml"
-    path.write_text("- model\n- gates\n")
-    with pytest.raises(TokenGateError, match="is a YAML list, not a mapping of sections"):
-        load_config(path)
-
-
-def test_bench_and_visualize_targets_refuse_a_config_that_is_not_a_mapping(tmp_path):
-    from pipeline.bench.target import load_target
-
-    path = tmp_path / "scalar.yaml"
-    path.write_text("3\n")
-    with pytest.raises(TokenGateError, match="is a YAML int, not a mapping of sections"):
-        load_target(path)
