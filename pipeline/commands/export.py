@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flavor", default="all",
                    help="plugin (fused TokenSelect node), native (standard ops), capped (static K per stage), packed "
                         "(packed rows, and a batch-1 graph beside them: ONNX Runtime CPU), dense (teacher), a comma "
-                        "list, or all (default: every flavor the run can express)")
+                        "list, or all (default: every flavor the run can express; a student without token stages: "
+                        "native and dense)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: export.opset of the run, 20)")
     p.add_argument("--quantile", type=float, default=None,
                    help="capped flavor: K per stage = this quantile of kept counts on validation data "
