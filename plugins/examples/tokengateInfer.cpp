@@ -421,9 +421,10 @@ int run(Options const& options)
             logits = logitsAllocator->data();
             logitsDims = logitsAllocator->dims();
         }
-        if (logitsDims.nbDims != 2 || logitsDims.d[0] != batch)
+        if (logitsDims.nbDims != 2 || logitsDims.d[0] != batch || logitsDims.d[1] < 1)
         {
-            throw std::runtime_error(std::string("output ") + logitsName + " is not [B, classes] logits");
+            throw std::runtime_error(std::string("output ") + logitsName + " is not [B, classes] logits with "
+                                     "at least one class");
         }
         int64_t const classes = logitsDims.d[1];
         std::vector<float> const values
