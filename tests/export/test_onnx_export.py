@@ -278,3 +278,20 @@ def test_every_flavor_records_its_selection_nodes(exported):
         decision = "TokenSelect" if flavor == "plugin" else "Greater"
         assert sum(types[n] == decision for n in select) >= stages * len(graphs), flavor
         assert "ReduceL2" in {types[n] for n in scores}, f"{flavor}: head importance is part of the scores"
+
+
+def test_a_failed_capped_export_leaves_no_capped_summary(tmp_path, fmnist_root, monkeypatch):
+    """summary.json describes the capped file on disk: an export that fails writes neither."""
+    import pipeline.export.run_export as run_export
+
+    run = make_run(tmp_path / "run", tiny_config(fmnist_root, gates={"init_threshold": 1.0}))
+
+    def failing(*args, **kwargs):
+        raise TokenGateError("the export failed")
+
+    monkeypatch.setattr(run_export, "export_onnx", failing)
+    with pytest.raises(TokenGateError, match="the export failed"):
+        export_run(run, ["capped"])
+    summary = run / "summary.json"
+    assert not (run / "model.capped.onnx").exists()
+    assert not summary.exists() or "capped" not in json.loads(summary.read_text())
