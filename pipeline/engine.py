@@ -51,13 +51,14 @@ def stage_export(args: argparse.Namespace) -> str:
 VALIDATED_FLAVORS = ("packed", "native", "plugin")  # the adaptive ones; capped truncates by design (summary.json)
 
 
-def run_flavors(run: Path, wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """Those of `wanted` that the run's student can express (a student without token stages: native only)."""
-    from pipeline.export.onnx_export import expressible_flavors
-    from pipeline.models import load_student
+def stageless(run: Path) -> bool:
+    """Whether the run's exported native file holds a student without token stages. Its export writes no plugin,
+    capped or packed file then (pipeline.export.onnx_export.expressible_flavors), so the validate and build stages
+    take the native file."""
+    from pipeline.export.metadata import read_info
 
-    expressible = expressible_flavors(load_student(run))
-    return tuple(f for f in wanted if f in expressible)
+    native = run / "model.native.onnx"
+    return native.is_file() and not read_info(native).stages
 
 
 def stage_validate(args: argparse.Namespace) -> str:
@@ -69,7 +70,7 @@ def stage_validate(args: argparse.Namespace) -> str:
     from pipeline.validate.table import print_report, summary_line
 
     lines, failures, references = [], [], {}
-    for flavor in run_flavors(Path(args.run), VALIDATED_FLAVORS):
+    for flavor in ("native",) if stageless(Path(args.run)) else VALIDATED_FLAVORS:
         path = Path(args.run) / f"model.{flavor}.onnx"
         if not path.is_file():
             raise fail(f"{path} is missing, so its flavor cannot be validated",

@@ -53,14 +53,14 @@ def stage_build(args: argparse.Namespace) -> str:
     """Build `args.run`'s engine for `args.target` ("auto" or smXX) at `args.precision`; returns the summary line."""
     from pipeline.build.rtx_builder import rtx_targets
     from pipeline.build.run_build import build_engine
-    from pipeline.engine import Skip
+    from pipeline.engine import Skip, stageless
 
     run = Path(args.run)
     current = targets.detect_target()
     target = targets.parse_target(args.target) if args.target != "auto" else current or targets.CPU_DEFAULT_TARGET
     runtime, flavor, note = plan_build(target, current, available(TENSORRT), available(RTX), rtx_targets(),
                                        DEFAULT_LIBRARY.is_file())
-    if not (run / f"model.{flavor}.onnx").is_file() and _stageless(run):
+    if not (run / f"model.{flavor}.onnx").is_file() and stageless(run):
         flavor, note = "native", "native flavor: the student has no token stages, so nothing in it is data-dependent"
     onnx_path = run / f"model.{flavor}.onnx"
     if not onnx_path.is_file():
@@ -70,15 +70,6 @@ def stage_build(args: argparse.Namespace) -> str:
         onnx_path = _quantized(run, flavor)
     result = build_engine(onnx_path, target=target, precision=args.precision, runtime=runtime)
     return result.summary() + (f" ({note})" if note else "")
-
-
-def _stageless(run: Path) -> bool:
-    """The run's native file holds a student without token stages, its only student flavor (the export writes no
-    plugin, capped or packed file for it)."""
-    from pipeline.export.metadata import read_info
-
-    native = run / "model.native.onnx"
-    return native.is_file() and not read_info(native).stages
 
 
 def _quantized(run: Path, flavor: str) -> Path:
