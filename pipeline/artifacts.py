@@ -44,14 +44,13 @@ def save_onnx(proto: Any, path: str | Path, external_data: bool = False, check: 
         return path
     data = path.with_name(path.name + ".data")
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
-        staged = Path(scratch) / path.name
+        staged, staged_data = Path(scratch) / path.name, Path(scratch) / data.name
         onnx.save_model(proto, str(staged), save_as_external_data=True, location=data.name, size_threshold=0)
         if check:
             onnx.checker.check_model(str(staged), full_check=False)
-        for written in (staged.with_name(data.name), staged):  # onnx writes the data file 0600
-            os.chmod(written, 0o666 & ~_umask())
-        os.replace(staged.with_name(data.name), data)
-        os.replace(staged, path)
+        for source, target in ((staged_data, data), (staged, path)):  # the data first: the model names it
+            os.chmod(source, 0o666 & ~_umask())  # onnx writes the data file 0600
+            os.replace(source, target)
     return path
 
 

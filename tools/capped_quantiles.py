@@ -5,8 +5,8 @@
 
 For each quantile, the run's files are copied into a scratch run directory (RUN/.capped-q<Q>-*/, removed after its
 row), where `tokengate export`'s own code writes its model.capped.onnx and `tokengate bench`'s own code times it
-against model.dense.onnx on ONNX Runtime CPU. Top-1 is the capped file's on the whole validation split (a trained run), via
-the runner `tokengate validate` uses. The shipped RUN/model.capped.onnx is left as it is.
+against model.dense.onnx on ONNX Runtime CPU. Top-1 is the capped file's on the whole validation split (a trained
+run), via the runner `tokengate validate` uses. The shipped RUN/model.capped.onnx is left as it is.
 """
 from __future__ import annotations
 
